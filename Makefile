@@ -1,0 +1,36 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTHON ?= python3
+
+.PHONY: install demo test test-all lint clean
+
+# torch==2.13.0 first: on the project's machines it is a local CPU build; a bare `torch`
+# requirement would otherwise pull the multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q torch==2.13.0
+	$(VENV)/bin/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Trains baseline and myopic on icl_regression (default configs, seed 0) and prints e(k)
+# for both beside least squares and averaging.
+demo: $(STAMP)
+	bash bench/train_icl.sh baseline myopic
+
+# The default suite: everything but tests marked slow or gpu.
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-all: $(STAMP)
+	$(PY) -m pytest -m "not gpu"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) runs lightning_logs

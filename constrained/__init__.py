@@ -1,0 +1,8 @@
+"""constrained: train transformers under architectural constraints against mesa-optimization,
+and measure whether they work."""
+
+from constrained.icl_regression import IclRegression
+from constrained.sequence_model import SequenceModel
+from constrained.transformer import Transformer
+
+__all__ = ["IclRegression", "SequenceModel", "Transformer"]

@@ -1,0 +1,5 @@
+import sys
+
+from constrained.cli import main
+
+sys.exit(main())

@@ -1,0 +1,112 @@
+"""`constrained` command: LightningCLI training subcommands plus the project's own tools."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+SHORT_HELP = """usage: constrained COMMAND [options]
+
+Train transformers under architectural constraints and measure mesa-optimization signatures.
+
+training (LightningCLI; `constrained fit --help` for every option):
+  fit        train:   constrained fit --config configs/icl_regression/base.yaml \\
+                                      --config configs/icl_regression/myopic.yaml
+  validate   evaluate a checkpoint on the validation set (--ckpt_path)
+  test       e(k) curves and test metrics, written to the run folder (--ckpt_path)
+
+tools:
+  curves RUN_DIR [RUN_DIR ...]   print e(k) of several runs beside least squares and averaging
+"""
+
+TRAINING = ("fit", "validate", "test", "predict")
+
+
+class CLI(LightningCLI):
+    """Run folder = trainer.default_root_dir: checkpoints/ (fixed, so `--ckpt_path last` finds them),
+    logs/version_N/ per invocation (config.yaml, metrics.csv, TensorBoard events), task outputs."""
+
+    def add_arguments_to_parser(self, parser):
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.monitor": "val/loss",
+            "checkpoint.mode": "min",
+            "checkpoint.save_top_k": 1,
+            "checkpoint.save_last": True,
+            "checkpoint.filename": "best-{step}",
+        })
+        for attr, target in (("input_dim", "d_in"), ("output_dim", "d_out"), ("seq_len", "n_ctx"),
+                             ("query_positions", "query_positions"), ("loss", "loss")):
+            parser.link_arguments("data", f"model.init_args.{target}", compute_fn=_getter(attr),
+                                  apply_on="instantiate")
+        parser.link_arguments("seed_everything", "data.init_args.seed", compute_fn=_data_seed)
+
+    def _instantiate_trainer(self, config, callbacks):
+        root = Path(config.get("default_root_dir") or "runs/default")
+        config["default_root_dir"] = str(root)
+        if config.get("logger") in (None, True):
+            csv = CSVLogger(root, name="logs")
+            config["logger"] = [csv, TensorBoardLogger(root, name="logs", version=csv.version, sub_dir="tb")]
+        for cb in [*callbacks, *(config.get("callbacks") or [])]:
+            if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
+                cb.dirpath = str((root / "checkpoints").resolve())
+        return super()._instantiate_trainer(config, callbacks)
+
+
+def _getter(attr):
+    return lambda data: getattr(data, attr)
+
+
+def _data_seed(seed):
+    if isinstance(seed, bool) or seed is None:
+        raise ValueError("seed_everything must be an integer so that the run is reproducible")
+    return int(seed)
+
+
+def run_training(args: list[str] | None) -> None:
+    """args=None reads sys.argv (the console script); a list runs in-process (tests, scripts)."""
+    CLI(
+        L.LightningModule,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        parser_kwargs={"parser_mode": "omegaconf"},
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )
+
+
+def curves(run_dirs: list[str]) -> None:
+    from constrained import icl_curve
+
+    data = {}
+    for d in run_dirs:
+        path = Path(d) / "icl_curve.csv"
+        if not path.is_file():
+            raise SystemExit(f"error: {path} not found (run `constrained test` on that run first)")
+        data[Path(d).name] = icl_curve.read(path)
+    print(icl_curve.table(data))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(SHORT_HELP)
+        return 0
+    command, rest = args[0], args[1:]
+    if command in TRAINING:
+        run_training(None if argv is None else args)
+    elif command == "curves":
+        if not rest:
+            raise SystemExit("usage: constrained curves RUN_DIR [RUN_DIR ...]")
+        curves(rest)
+    else:
+        print(f"constrained: unknown command {command!r}\n\n{SHORT_HELP}", file=sys.stderr)
+        return 2
+    return 0

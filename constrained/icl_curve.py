@@ -1,0 +1,94 @@
+"""The e(k) curve: normalized error against the number k of in-context examples, for the model and
+for explicit algorithms fitted to the same context, and the model's distance to each algorithm."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch
+
+FIELDS = ("split", "k", "predictor", "error", "distance_to_model")
+
+
+def curve_rows(split: str, model: torch.Tensor, ys: torch.Tensor, baselines: dict[str, torch.Tensor], d: int):
+    """model, ys and each baseline are (n, P) predictions of y_k from k examples.
+
+    error e(k) = E[(y_hat_k - y_k)^2] / d; distance = E[(y_hat_model - y_hat_alg)^2] / d."""
+    rows = []
+    err = ((model - ys) ** 2).mean(0) / d  # (P,)
+    for k in range(ys.shape[1]):
+        rows.append({"split": split, "k": k, "predictor": "model", "error": err[k].item(), "distance_to_model": 0.0})
+    for name, pred in baselines.items():
+        err = ((pred - ys) ** 2).mean(0) / d  # (P,)
+        dist = ((model - pred) ** 2).mean(0) / d  # (P,)
+        for k in range(ys.shape[1]):
+            rows.append({"split": split, "k": k, "predictor": name, "error": err[k].item(),
+                         "distance_to_model": dist[k].item()})
+    return rows
+
+
+def metrics(rows) -> dict[str, float]:
+    """Flat names for the loggers: {split}/e{k} for the model, {split}/{alg}_e{k}, {split}/dist_{alg}_k{k}."""
+    out = {}
+    for r in rows:
+        s, k, p = r["split"], r["k"], r["predictor"]
+        if p == "model":
+            out[f"{s}/e{k}"] = r["error"]
+        else:
+            out[f"{s}/{p}_e{k}"] = r["error"]
+            out[f"{s}/dist_{p}_k{k}"] = r["distance_to_model"]
+    return out
+
+
+def write(rows, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / "icl_curve.csv.tmp"
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(out_dir / "icl_curve.csv")
+    plot(rows, out_dir / "icl_curve.png")
+
+
+def read(path: Path) -> list[dict]:
+    with Path(path).open() as f:
+        return [{**r, "k": int(r["k"]), "error": float(r["error"]),
+                 "distance_to_model": float(r["distance_to_model"])} for r in csv.DictReader(f)]
+
+
+def plot(rows, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = list(dict.fromkeys(r["split"] for r in rows))
+    fig, axes = plt.subplots(1, len(splits), figsize=(5.5 * len(splits), 4), squeeze=False)
+    for ax, split in zip(axes[0], splits):
+        for name in dict.fromkeys(r["predictor"] for r in rows):
+            pts = [(r["k"], r["error"]) for r in rows if r["split"] == split and r["predictor"] == name]
+            ks, errs = zip(*pts)
+            ax.plot(ks, errs, marker="o" if name == "model" else None, lw=2.5 if name == "model" else 1.2,
+                    ls="-" if name == "model" else "--", label=name)
+        ax.set(title=f"e(k), {split} set", xlabel="in-context examples k", ylabel="e(k) = MSE / d")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def table(curves: dict[str, list[dict]], split: str = "test", baselines=("least_squares", "averaging")) -> str:
+    """A text table of e(k): one column per run (label -> rows) and per baseline (from the first run)."""
+    labels = list(curves)
+    first = curves[labels[0]]
+    cols = [(b, {r["k"]: r["error"] for r in first if r["split"] == split and r["predictor"] == b}) for b in baselines]
+    cols += [(lab, {r["k"]: r["error"] for r in rows if r["split"] == split and r["predictor"] == "model"})
+             for lab, rows in curves.items()]
+    ks = sorted(cols[-1][1])
+    width = max(10, *(len(c) for c, _ in cols))
+    lines = [f"e(k) on the {split} set", "   k " + "".join(f"{c:>{width + 2}}" for c, _ in cols)]
+    lines += [f"{k:>4} " + "".join(f"{vals.get(k, float('nan')):>{width + 2}.4f}" for _, vals in cols) for k in ks]
+    return "\n".join(lines)

@@ -1,0 +1,209 @@
+"""In-context linear regression (Garg et al. 2022): the task where a plain transformer learns
+an internal optimizer. Data is drawn from seeds, never downloaded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+
+from constrained import algorithms, icl_curve
+from constrained.seeding import generator
+
+TRAIN, VAL, TEST, SHIFTED, GD_TUNE = range(5)  # independent random streams
+
+
+@dataclass
+class Distribution:
+    """How x and y are drawn. The shifted (OOD) test set overrides some of these fields."""
+
+    noise_std: float = 0.0
+    x_scale: float = 1.0
+    x_covariance: Literal["isotropic", "skewed"] = "isotropic"
+
+    def __post_init__(self):
+        if self.noise_std < 0 or self.x_scale <= 0:
+            raise ValueError(f"need noise_std >= 0 and x_scale > 0, got {self}")
+        if self.x_covariance not in ("isotropic", "skewed"):
+            raise ValueError(f"x_covariance must be 'isotropic' or 'skewed', got {self.x_covariance!r}")
+
+
+@dataclass
+class Shift:
+    """Fields left null keep the training distribution's value."""
+
+    noise_std: float | None = None
+    x_scale: float | None = None
+    x_covariance: Literal["isotropic", "skewed"] | None = None
+
+    def apply(self, base: Distribution) -> Distribution:
+        fields = {k: v for k, v in vars(self).items() if v is not None}
+        return Distribution(**{**vars(base), **fields})
+
+
+def x_stds(d: int, covariance: str) -> torch.Tensor:
+    """Per-coordinate std. 'skewed': variances proportional to 1/i^2, rescaled so E|x|^2 = d."""
+    if covariance == "isotropic":
+        return torch.ones(d)
+    var = 1.0 / torch.arange(1, d + 1, dtype=torch.float32) ** 2
+    return (var * d / var.sum()).sqrt()
+
+
+def sample(gen: torch.Generator, n: int, d: int, n_points: int, dist: Distribution):
+    """Draw n regression problems: xs (n, P, d), ys (n, P), ws (n, d)."""
+    ws = torch.randn(n, d, generator=gen)
+    xs = torch.randn(n, n_points, d, generator=gen) * x_stds(d, dist.x_covariance) * dist.x_scale
+    noise = torch.randn(n, n_points, generator=gen) * dist.noise_std
+    ys = torch.einsum("npd,nd->np", xs, ws) + noise
+    return xs, ys, ws
+
+
+def tokenize(xs: torch.Tensor, ys: torch.Tensor, token_format: str):
+    """Sequences of 2P tokens; the target y_i is predicted at position 2i in both formats.
+
+    interleaved (Garg): x_0, [y_0, 0..], x_1, ... (width d).
+    concatenated (von Oswald): q_0, c_0, q_1, c_1, ... with query q_i = (x_i, 0, 1) and
+    context c_i = (x_i, y_i, 0) (width d + 2); no token reads a query but the query itself.
+    """
+    n, P, d = xs.shape
+    if token_format == "interleaved":
+        ytok = torch.zeros_like(xs)
+        ytok[..., 0] = ys
+        inputs = torch.stack([xs, ytok], dim=2).reshape(n, 2 * P, d)  # (n, 2P, d)
+    else:
+        zeros, ones = torch.zeros(n, P, 1), torch.ones(n, P, 1)
+        query = torch.cat([xs, zeros, ones], dim=-1)  # (n, P, d+2)
+        context = torch.cat([xs, ys.unsqueeze(-1), zeros], dim=-1)  # (n, P, d+2)
+        inputs = torch.stack([query, context], dim=2).reshape(n, 2 * P, d + 2)  # (n, 2P, d+2)
+    targets = torch.zeros(n, 2 * P, 1)
+    targets[:, 0::2, 0] = ys
+    loss_mask = torch.zeros(n, 2 * P, dtype=torch.bool)
+    loss_mask[:, 0::2] = True
+    return inputs, targets, loss_mask
+
+
+class TrainStream(IterableDataset):
+    """Endless stream of batches; batch s is a pure function of (seed, s, rank), so a resumed or
+    distributed run sees exactly the data an uninterrupted one would."""
+
+    def __init__(self, data: IclRegression, start_step: int, rank: int):
+        self.data, self.start_step, self.rank = data, start_step, rank
+
+    def __iter__(self):
+        step = self.start_step
+        while True:
+            gen = generator(self.data.seed, TRAIN, step, self.rank)
+            yield self.data.make_batch(gen, self.data.batch_size, self.data.distribution)
+            step += 1
+
+
+class IclRegression(L.LightningDataModule):
+    """In-context linear regression. Args:
+        d: input dimension; n_points: examples per sequence (e(k) for k = 0..n_points-1).
+        token_format: interleaved (pre-caching helps) or concatenated (the control).
+        shifted: overrides for the OOD test set, e.g. {x_scale: 2.0}; null for none.
+        seed: training stream (set from seed_everything); eval_seed: fixed val/test sets.
+    """
+
+    loss = "mse"
+
+    def __init__(
+        self,
+        d: int = 5,
+        n_points: int = 15,
+        noise_std: float = 0.0,
+        x_scale: float = 1.0,
+        x_covariance: Literal["isotropic", "skewed"] = "isotropic",
+        token_format: Literal["interleaved", "concatenated"] = "interleaved",
+        shifted: Shift | None = None,
+        batch_size: int = 64,
+        n_val: int = 512,
+        n_test: int = 2048,
+        seed: int = 0,
+        eval_seed: int = 1234,
+    ):
+        super().__init__()
+        for name, value in (("d", d), ("n_points", n_points), ("batch_size", batch_size), ("n_val", n_val),
+                            ("n_test", n_test)):
+            if value < 1:
+                raise ValueError(f"data.{name} must be >= 1, got {value}")
+        if token_format not in ("interleaved", "concatenated"):
+            raise ValueError(f"token_format must be 'interleaved' or 'concatenated', got {token_format!r}")
+        self.d, self.n_points, self.token_format = d, n_points, token_format
+        self.distribution = Distribution(noise_std, x_scale, x_covariance)
+        self.shifted = shifted.apply(self.distribution) if shifted is not None else None
+        self.batch_size, self.n_val, self.n_test = batch_size, n_val, n_test
+        self.seed, self.eval_seed = seed, eval_seed
+        self._eval: dict[str, dict[str, torch.Tensor]] = {}
+
+    # dimensions the model takes from the data (linked in the CLI)
+    @property
+    def input_dim(self) -> int:
+        return self.d if self.token_format == "interleaved" else self.d + 2
+
+    @property
+    def seq_len(self) -> int:
+        return 2 * self.n_points
+
+    @property
+    def query_positions(self) -> list[int] | None:
+        return list(range(0, self.seq_len, 2)) if self.token_format == "concatenated" else None
+
+    output_dim = 1
+
+    def make_batch(self, gen: torch.Generator, n: int, dist: Distribution) -> dict[str, torch.Tensor]:
+        xs, ys, ws = sample(gen, n, self.d, self.n_points, dist)
+        inputs, targets, loss_mask = tokenize(xs, ys, self.token_format)
+        return {"inputs": inputs, "targets": targets, "loss_mask": loss_mask, "xs": xs, "ys": ys}
+
+    def eval_set(self, split: str) -> dict[str, torch.Tensor]:
+        if split not in self._eval:
+            stream, n, dist = {
+                "val": (VAL, self.n_val, self.distribution),
+                "test": (TEST, self.n_test, self.distribution),
+                "shifted": (SHIFTED, self.n_test, self.shifted),
+            }[split]
+            self._eval[split] = self.make_batch(generator(self.eval_seed, stream), n, dist)
+        return self._eval[split]
+
+    def _loader(self, split: str) -> DataLoader:
+        b = self.eval_set(split)
+        ds = TensorDataset(b["inputs"], b["targets"], b["loss_mask"])
+        return DataLoader(ds, batch_size=256, collate_fn=_as_dict)
+
+    def train_dataloader(self):
+        start = self.trainer.global_step if self.trainer is not None else 0
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        return DataLoader(TrainStream(self, start, rank), batch_size=None)
+
+    def val_dataloader(self):
+        return self._loader("val")
+
+    @property
+    def test_splits(self) -> list[str]:
+        return ["test"] + (["shifted"] if self.shifted is not None else [])
+
+    def test_dataloader(self):
+        return [self._loader(s) for s in self.test_splits]
+
+    def evaluate(self, preds: dict[str, torch.Tensor], out_dir: str | Path) -> dict[str, float]:
+        """e(k) of the model and of explicit algorithms per test split; writes icl_curve.csv/png."""
+        held = self.make_batch(generator(self.eval_seed, GD_TUNE), self.n_test, self.distribution)
+        eta = algorithms.tune_gd_step(held["xs"], held["ys"])
+        rows = []
+        for split, pred in preds.items():
+            b = self.eval_set(split)
+            model = pred[b["loss_mask"]].view(len(pred), self.n_points)  # (n, P): y_k from k examples
+            rows += icl_curve.curve_rows(split, model, b["ys"], algorithms.baseline_predictions(b["xs"], b["ys"], eta),
+                                         self.d)
+        icl_curve.write(rows, Path(out_dir))
+        return icl_curve.metrics(rows)
+
+
+def _as_dict(items):
+    inputs, targets, loss_mask = (torch.stack(t) for t in zip(*items))
+    return {"inputs": inputs, "targets": targets, "loss_mask": loss_mask}

@@ -1,0 +1,37 @@
+"""The attention mask rule, written once for torch tensors and z3 terms alike.
+
+Only comparisons and the `&`, `|`, `~` operators appear, so `attends` evaluates on
+integer tensors (broadcast grids of positions) and on z3 integer/boolean terms,
+and the formal spec in proofs/ checks the very function the model calls.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def attends(i, j, horizon=None, j_is_query=None):
+    """True where query position i may read key position j.
+
+    causal: j <= i; horizon h: i - h < j (the last h positions, i itself included);
+    query tokens (concatenated ICL format) are read by no position but their own.
+    """
+    allowed = j <= i
+    if horizon is not None:
+        allowed = allowed & (i - j < horizon)
+    if j_is_query is not None:
+        allowed = allowed & (~j_is_query | (i == j))
+    return allowed
+
+
+def attention_mask(n_ctx: int, horizon: int | None = None, query_positions=None) -> torch.Tensor:
+    """Boolean (n_ctx, n_ctx) matrix, True where row i may attend to column j."""
+    pos = torch.arange(n_ctx)
+    i = pos[:, None]  # (T, 1)
+    j = pos[None, :]  # (1, T)
+    j_is_query = None
+    if query_positions is not None:
+        is_query = torch.zeros(n_ctx, dtype=torch.bool)
+        is_query[list(query_positions)] = True
+        j_is_query = is_query[None, :]  # (1, T)
+    return attends(i, j, horizon, j_is_query)

@@ -1,0 +1,1 @@
+"""Triton regularization kernels, each beside its PyTorch reference (installed as constrained.kernels)."""

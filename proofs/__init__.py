@@ -1,0 +1,1 @@
+"""z3 specifications of small components (installed as constrained.proofs)."""

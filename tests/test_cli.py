@@ -1,0 +1,145 @@
+import csv
+import glob
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from constrained.cli import main
+from tests.conftest import CONFIGS, fast_args
+
+VARIANTS = sorted(Path(p).stem for p in glob.glob(f"{CONFIGS}/*.yaml") if not p.endswith("base.yaml"))
+
+
+def test_no_arguments_prints_short_help(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "usage: constrained" in out and "fit" in out and len(out.splitlines()) < 30
+
+
+def test_variant_overlays_exist():
+    assert {"baseline", "myopic", "horizon8", "concatenated_baseline", "concatenated_myopic"} <= set(VARIANTS)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_config_parses(variant, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", f"{CONFIGS}/base.yaml", "--config", f"{CONFIGS}/{variant}.yaml", "--print_config"])
+    assert exit_.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "constrained.SequenceModel" in out and f"runs/icl_regression/{variant}" in out
+
+
+def test_fit_then_test_writes_run_folder(tmp_path):
+    main(["fit", *fast_args(tmp_path)])
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert list((tmp_path / "checkpoints").glob("best-*.ckpt"))
+    assert (tmp_path / "logs" / "version_0" / "config.yaml").is_file()
+    assert list((tmp_path / "logs" / "version_0" / "tb").glob("events.*"))
+    main(["test", *fast_args(tmp_path), "--ckpt_path", "last", "--verbose", "false"])
+    with (tmp_path / "icl_curve.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    predictors = {r["predictor"] for r in rows}
+    assert predictors == {"model", "zero", "averaging", "least_squares", "gd_step"}
+    assert {r["split"] for r in rows} == {"test", "shifted"}
+    assert {int(r["k"]) for r in rows} == set(range(6))
+    assert (tmp_path / "icl_curve.png").stat().st_size > 10_000
+    with (tmp_path / "logs" / "version_1" / "metrics.csv").open() as f:
+        logged = next(csv.DictReader(f))
+    assert float(logged["test/e5"]) > 0 and "shifted/dist_least_squares_k3" in logged
+    # training logs of the fit are kept, not overwritten by the test run
+    assert (tmp_path / "logs" / "version_0" / "metrics.csv").stat().st_size > 0
+
+
+def test_checkpoint_loads_with_weights_only(tmp_path):
+    main(["fit", *fast_args(tmp_path)])
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert any(k.startswith("net.blocks.0") for k in ckpt["state_dict"])
+
+
+def _final_weights(root):
+    return torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+def test_resume_after_crash_matches_uninterrupted_run(tmp_path):
+    steps = ["--trainer.max_steps", "8", "--checkpoint.every_n_train_steps", "4"]
+    main(["fit", *fast_args(tmp_path / "full"), *steps])
+    crashed = tmp_path / "crashed"
+    crash = ["--trainer.callbacks+=tests.helpers.CrashAtStep", "--trainer.callbacks.init_args.step", "4"]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        main(["fit", *fast_args(crashed), *steps, *crash])
+    assert torch.load(crashed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+    main(["fit", *fast_args(crashed), *steps, "--ckpt_path", "last"])
+    full, resumed = _final_weights(tmp_path / "full"), _final_weights(crashed)
+    assert full.keys() == resumed.keys()
+    for k in full:
+        torch.testing.assert_close(resumed[k], full[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_nan_loss_stops_training_with_step_and_term(tmp_path, monkeypatch):
+    from constrained.sequence_model import SequenceModel
+
+    original = SequenceModel.task_loss
+
+    def poisoned(self, pred, batch):
+        loss = original(self, pred, batch)
+        return loss * float("nan") if self.training and self.global_step == 3 else loss
+
+    monkeypatch.setattr(SequenceModel, "task_loss", poisoned)
+    with pytest.raises(FloatingPointError, match=r"step 3: term 'task'"):
+        main(["fit", *fast_args(tmp_path), "--checkpoint.every_n_train_steps", "2"])
+    # the three finished steps are kept (validation at step 3 checkpointed them); the bad step never ran
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+
+
+def _error_of(args, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code not in (0, None)
+    return capsys.readouterr().err
+
+
+def test_unknown_key_on_command_line(tmp_path, capsys):
+    err = _error_of(["fit", *fast_args(tmp_path), "--model.init_args.d_modle", "32"], capsys)
+    assert "d_modle" in err
+
+
+def test_unknown_key_in_config_file(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  init_args:\n    n_layerz: 2\n")
+    err = _error_of(["fit", *fast_args(tmp_path), "--config", str(bad)], capsys)
+    assert "n_layerz" in err
+
+
+def test_wrong_type(tmp_path, capsys):
+    err = _error_of(["fit", *fast_args(tmp_path), "--model.init_args.n_heads", "two"], capsys)
+    assert "n_heads" in err
+
+
+def test_missing_config_file(tmp_path, capsys):
+    err = _error_of(["fit", "--config", str(tmp_path / "nope.yaml")], capsys)
+    assert "nope.yaml" in err
+
+
+@pytest.mark.parametrize("override,match", [
+    (["--model.init_args.d_model", "18", "--model.init_args.n_heads", "4"], "divisible by n_heads"),
+    (["--model.init_args.horizon", "0"], "horizon must be >= 1"),
+    (["--data.init_args.n_points", "0"], "n_points must be >= 1"),
+])
+def test_impossible_values_fail_before_training(tmp_path, override, match):
+    with pytest.raises(ValueError, match=match):
+        main(["fit", *fast_args(tmp_path), *override])
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_ddp_two_cpu_processes(tmp_path):
+    cmd = [sys.executable, "-m", "constrained", "fit", *fast_args(tmp_path),
+           "--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "2"]
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 6
