@@ -7,14 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from constrained import algorithms, icl_curve
 from constrained.seeding import generator
+from constrained.task import Task
 
-TRAIN, VAL, TEST, SHIFTED, GD_TUNE = range(5)  # independent random streams
+GD_TUNE = 4  # random stream of the held set that tunes the GD step size (after task.STREAMS)
 
 
 @dataclass
@@ -86,30 +85,13 @@ def tokenize(xs: torch.Tensor, ys: torch.Tensor, token_format: str):
     return inputs, targets, loss_mask
 
 
-class TrainStream(IterableDataset):
-    """Endless stream of batches; batch s is a pure function of (seed, s, rank), so a resumed or
-    distributed run sees exactly the data an uninterrupted one would."""
-
-    def __init__(self, data: IclRegression, start_step: int, rank: int):
-        self.data, self.start_step, self.rank = data, start_step, rank
-
-    def __iter__(self):
-        step = self.start_step
-        while True:
-            gen = generator(self.data.seed, TRAIN, step, self.rank)
-            yield self.data.make_batch(gen, self.data.batch_size, self.data.distribution)
-            step += 1
-
-
-class IclRegression(L.LightningDataModule):
+class IclRegression(Task):
     """In-context linear regression. Args:
         d: input dimension; n_points: examples per sequence (e(k) for k = 0..n_points-1).
         token_format: interleaved (pre-caching helps) or concatenated (the control).
         shifted: overrides for the OOD test set, e.g. {x_scale: 2.0}; null for none.
         seed: training stream (set from seed_everything); eval_seed: fixed val/test sets.
     """
-
-    loss = "mse"
 
     def __init__(
         self,
@@ -126,9 +108,8 @@ class IclRegression(L.LightningDataModule):
         seed: int = 0,
         eval_seed: int = 1234,
     ):
-        super().__init__()
-        for name, value in (("d", d), ("n_points", n_points), ("batch_size", batch_size), ("n_val", n_val),
-                            ("n_test", n_test)):
+        super().__init__(batch_size, n_val, n_test, seed, eval_seed)
+        for name, value in (("d", d), ("n_points", n_points)):
             if value < 1:
                 raise ValueError(f"data.{name} must be >= 1, got {value}")
         if token_format not in ("interleaved", "concatenated"):
@@ -136,9 +117,6 @@ class IclRegression(L.LightningDataModule):
         self.d, self.n_points, self.token_format = d, n_points, token_format
         self.distribution = Distribution(noise_std, x_scale, x_covariance)
         self.shifted = shifted.apply(self.distribution) if shifted is not None else None
-        self.batch_size, self.n_val, self.n_test = batch_size, n_val, n_test
-        self.seed, self.eval_seed = seed, eval_seed
-        self._eval: dict[str, dict[str, torch.Tensor]] = {}
 
     # dimensions the model takes from the data (linked in the CLI)
     @property
@@ -153,46 +131,19 @@ class IclRegression(L.LightningDataModule):
     def query_positions(self) -> list[int] | None:
         return list(range(0, self.seq_len, 2)) if self.token_format == "concatenated" else None
 
-    output_dim = 1
+    @property
+    def has_shifted_split(self) -> bool:
+        return self.shifted is not None
 
-    def make_batch(self, gen: torch.Generator, n: int, dist: Distribution) -> dict[str, torch.Tensor]:
+    def make_batch(self, gen: torch.Generator, n: int, split: str) -> dict[str, torch.Tensor]:
+        dist = self.shifted if split == "shifted" else self.distribution
         xs, ys, ws = sample(gen, n, self.d, self.n_points, dist)
         inputs, targets, loss_mask = tokenize(xs, ys, self.token_format)
         return {"inputs": inputs, "targets": targets, "loss_mask": loss_mask, "xs": xs, "ys": ys}
 
-    def eval_set(self, split: str) -> dict[str, torch.Tensor]:
-        if split not in self._eval:
-            stream, n, dist = {
-                "val": (VAL, self.n_val, self.distribution),
-                "test": (TEST, self.n_test, self.distribution),
-                "shifted": (SHIFTED, self.n_test, self.shifted),
-            }[split]
-            self._eval[split] = self.make_batch(generator(self.eval_seed, stream), n, dist)
-        return self._eval[split]
-
-    def _loader(self, split: str) -> DataLoader:
-        b = self.eval_set(split)
-        ds = TensorDataset(b["inputs"], b["targets"], b["loss_mask"])
-        return DataLoader(ds, batch_size=256, collate_fn=_as_dict)
-
-    def train_dataloader(self):
-        start = self.trainer.global_step if self.trainer is not None else 0
-        rank = self.trainer.global_rank if self.trainer is not None else 0
-        return DataLoader(TrainStream(self, start, rank), batch_size=None)
-
-    def val_dataloader(self):
-        return self._loader("val")
-
-    @property
-    def test_splits(self) -> list[str]:
-        return ["test"] + (["shifted"] if self.shifted is not None else [])
-
-    def test_dataloader(self):
-        return [self._loader(s) for s in self.test_splits]
-
     def evaluate(self, preds: dict[str, torch.Tensor], out_dir: str | Path) -> dict[str, float]:
         """e(k) of the model and of explicit algorithms per test split; writes icl_curve.csv/png."""
-        held = self.make_batch(generator(self.eval_seed, GD_TUNE), self.n_test, self.distribution)
+        held = self.make_batch(generator(self.eval_seed, GD_TUNE), self.n_test, "train")
         eta = algorithms.tune_gd_step(held["xs"], held["ys"])
         rows = []
         for split, pred in preds.items():
@@ -203,7 +154,3 @@ class IclRegression(L.LightningDataModule):
         icl_curve.write(rows, Path(out_dir))
         return icl_curve.metrics(rows)
 
-
-def _as_dict(items):
-    inputs, targets, loss_mask = (torch.stack(t) for t in zip(*items))
-    return {"inputs": inputs, "targets": targets, "loss_mask": loss_mask}

@@ -8,16 +8,16 @@ from constrained.seeding import generator
 
 def test_training_stream_is_a_pure_function_of_seed_step_rank():
     dm = IclRegression(seed=3)
-    a = dm.make_batch(generator(3, 0, 17, 0), 4, dm.distribution)
-    b = dm.make_batch(generator(3, 0, 17, 0), 4, dm.distribution)
-    c = dm.make_batch(generator(3, 0, 18, 0), 4, dm.distribution)
-    d = dm.make_batch(generator(3, 0, 17, 1), 4, dm.distribution)
+    a = dm.make_batch(generator(3, 0, 17, 0), 4, "train")
+    b = dm.make_batch(generator(3, 0, 17, 0), 4, "train")
+    c = dm.make_batch(generator(3, 0, 18, 0), 4, "train")
+    d = dm.make_batch(generator(3, 0, 17, 1), 4, "train")
     assert torch.equal(a["inputs"], b["inputs"])
     assert not torch.equal(a["inputs"], c["inputs"]) and not torch.equal(a["inputs"], d["inputs"])
 
 
 def test_train_stream_resumes_at_global_step():
-    from constrained.icl_regression import TrainStream
+    from constrained.task import TrainStream
 
     dm = IclRegression(seed=1, batch_size=4)
     from_zero = iter(TrainStream(dm, 0, 0))
