@@ -20,7 +20,11 @@ training (LightningCLI; `constrained fit --help` for every option):
   validate   evaluate a checkpoint on the validation set (--ckpt_path)
   test       e(k) curves and test metrics, written to the run folder (--ckpt_path)
 
-tools:
+comparisons:
+  ablate GRID.yaml [--jobs J] [--shard I/N] [--out DIR]
+             every variant x seed of a grid: fit, test, one record per run, then the report
+  report DIR [DIR ...] [--out OUT]
+             merge run records (several shards) into results.csv, report.md and plots
   curves RUN_DIR [RUN_DIR ...]   print e(k) of several runs beside least squares and averaging
 """
 
@@ -94,6 +98,37 @@ def curves(run_dirs: list[str]) -> None:
     print(icl_curve.table(data))
 
 
+def ablate_command(rest: list[str]) -> int:
+    import argparse
+
+    from constrained.ablation import GridError, ablate
+
+    p = argparse.ArgumentParser(prog="constrained ablate", description="Train and test every variant x seed of a grid.")
+    p.add_argument("grid", help="grid YAML, e.g. configs/ablations/icl_regression.yaml")
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel on this machine")
+    p.add_argument("--shard", default=None, help="I/N: run only this deterministic share of the grid")
+    p.add_argument("--out", default="runs/ablations", help="output folder (default runs/ablations)")
+    a = p.parse_args(rest)
+    try:
+        return ablate(a.grid, a.out, a.jobs, a.shard)
+    except GridError as e:
+        print(f"constrained ablate: error: {e}", file=sys.stderr)
+        return 2
+
+
+def report_command(rest: list[str]) -> int:
+    import argparse
+
+    from constrained.report import report
+
+    p = argparse.ArgumentParser(prog="constrained report", description="Merge run records into a report.")
+    p.add_argument("dirs", nargs="+", help="grid output folders (one per shard, or one merged)")
+    p.add_argument("--out", default=None, help="where to write the report (default: the first folder)")
+    a = p.parse_args(rest)
+    report(a.dirs, a.out)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -102,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = args[0], args[1:]
     if command in TRAINING:
         run_training(None if argv is None else args)
+    elif command == "ablate":
+        return ablate_command(rest)
+    elif command == "report":
+        return report_command(rest)
     elif command == "curves":
         if not rest:
             raise SystemExit("usage: constrained curves RUN_DIR [RUN_DIR ...]")

@@ -92,3 +92,35 @@ def table(curves: dict[str, list[dict]], split: str = "test", baselines=("least_
     lines = [f"e(k) on the {split} set", "   k " + "".join(f"{c:>{width + 2}}" for c, _ in cols)]
     lines += [f"{k:>4} " + "".join(f"{vals.get(k, float('nan')):>{width + 2}.4f}" for _, vals in cols) for k in ks]
     return "\n".join(lines)
+
+
+def plot_variants(curves: dict[str, list[list[dict]]], path: Path, split: str = "test") -> None:
+    """e(k) of every variant (mean over seeds, band = ± std) with least squares and averaging."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def series(rows, predictor):
+        pts = sorted((r["k"], r["error"]) for r in rows if r["split"] == split and r["predictor"] == predictor)
+        return [k for k, _ in pts], torch.tensor([e for _, e in pts])
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    first = next(iter(curves.values()))[0]
+    for name in ("least_squares", "averaging"):
+        ks, err = series(first, name)
+        ax.plot(ks, err, "k--" if name == "least_squares" else "k:", lw=1.2, label=name)
+    for variant, runs in curves.items():
+        ks = series(runs[0], "model")[0]
+        errs = torch.stack([series(rows, "model")[1] for rows in runs])  # (seeds, k)
+        mean = errs.mean(0)
+        std = errs.std(0) if len(runs) > 1 else torch.zeros_like(mean)
+        line, = ax.plot(ks, mean, marker="o", ms=3, label=f"{variant} (n={len(runs)})")
+        ax.fill_between(ks, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    ax.set(xlabel="in-context examples k", ylabel="e(k) = MSE / d", title=f"e(k) by variant, {split} set",
+           ylim=(0, 1.3))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

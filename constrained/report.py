@@ -1,0 +1,158 @@
+"""`constrained report DIR [DIR ...]`: merge run records (of any number of shards) into results.csv,
+report.md (mean ± std over seeds per variant) and plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from constrained import icl_curve
+
+
+def load_records(dirs: list[Path]) -> list[dict]:
+    """Every run record under the given folders, one per (grid, variant, seed) (later folders win)."""
+    records = {}
+    for d in dirs:
+        for path in sorted(Path(d).rglob("result.json")):
+            rec = json.loads(path.read_text())
+            rec["folder"] = str(path.parent)
+            records[(rec["grid"], rec["variant"], rec["seed"])] = rec
+    return list(records.values())
+
+
+def long_rows(records: list[dict]) -> list[dict]:
+    rows = [{"task": r["task"], "variant": r["variant"], "seed": r["seed"], "metric": m, "value": v}
+            for r in records if r["status"] == "ok" for m, v in sorted(r["metrics"].items())]
+    return sorted(rows, key=lambda x: (x["task"], x["variant"], x["seed"], x["metric"]))
+
+
+def summarize(values: list[float]) -> tuple[float, float, int]:
+    """mean, sample standard deviation (0 for one value), n."""
+    n = len(values)
+    return statistics.fmean(values), (statistics.stdev(values) if n > 1 else 0.0), n
+
+
+def _fmt(values: list[float]) -> str:
+    if not values:
+        return "–"
+    mean, std, n = summarize(values)
+    return f"{mean:.4f} ± {std:.4f} (n={n})"
+
+
+def by_variant(records: list[dict], metric: str) -> dict[str, dict[int, float]]:
+    out: dict[str, dict[int, float]] = defaultdict(dict)
+    for r in records:
+        if r["status"] == "ok" and metric in r["metrics"]:
+            out[r["variant"]][r["seed"]] = r["metrics"][metric]
+    return out
+
+
+def paired_gap(values: dict[str, dict[int, float]], variant: str, reference: str = "baseline") -> list[float]:
+    """Per-seed differences variant − reference, over the seeds both have."""
+    a, b = values.get(variant, {}), values.get(reference, {})
+    return [a[s] - b[s] for s in sorted(set(a) & set(b))]
+
+
+def markdown(records: list[dict]) -> str:
+    lines = []
+    for grid in sorted({r["grid"] for r in records}):
+        recs = [r for r in records if r["grid"] == grid]
+        ok = [r for r in recs if r["status"] == "ok"]
+        headline = next((r["headline"] for r in recs if r.get("headline")), {})
+        variants = list(dict.fromkeys(r["variant"] for r in recs))
+        capability = headline.get("capability")
+        metrics = [m for m in [capability, *headline.get("signatures", [])] if m]
+        lines += [f"## {grid} (task {recs[0]['task']})", ""]
+        header = ["variant", *metrics]
+        has_ref = capability and "baseline" in variants
+        if has_ref:
+            header.append(f"Δ {capability} vs baseline (paired by seed)")
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        values = {m: by_variant(ok, m) for m in metrics}
+        for v in variants:
+            cells = [v] + [_fmt(list(values[m].get(v, {}).values())) for m in metrics]
+            if has_ref:
+                cells.append(_fmt(paired_gap(values[capability], v)) if v != "baseline" else "–")
+            lines.append("| " + " | ".join(cells) + " |")
+        fit_minutes = sum(r.get("fit_seconds", 0) + r.get("test_seconds", 0) for r in recs) / 60
+        lines += ["", f"{len(ok)} of {len(recs)} runs finished; run time summed over runs: {fit_minutes:.1f} min."]
+        for r in recs:
+            if r["status"] != "ok":
+                lines.append(f"- FAILED {r['variant']}/seed{r['seed']} in {r.get('phase')}: "
+                             f"{r.get('error', '').splitlines()[-1:]}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_capability_vs_signatures(records: list[dict], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in records if r["status"] == "ok"]
+    headline = next((r["headline"] for r in records if r.get("headline")), {})
+    capability, written = headline.get("capability"), []
+    if not capability:
+        return written
+    cap = by_variant(ok, capability)
+    for sig in headline.get("signatures", []):
+        sigv = by_variant(ok, sig)
+        fig, ax = plt.subplots(figsize=(5.5, 4.2))
+        for v in cap:
+            if v not in sigv:
+                continue
+            xm, xs, _ = summarize(list(sigv[v].values()))
+            ym, ys, n = summarize(list(cap[v].values()))
+            ax.errorbar(xm, ym, xerr=xs, yerr=ys, fmt="o", capsize=4, label=f"{v} (n={n})")
+        ax.set(xlabel=f"mesa-signature: {sig}", ylabel=f"capability: {capability}"
+               + (" (lower is better)" if headline.get("lower_is_better") else ""))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out / f"capability_vs_{_slug(sig)}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _slug(metric: str) -> str:
+    return metric.replace("/", "_")
+
+
+def plot_task_curves(records: list[dict], out: Path) -> list[Path]:
+    curves = defaultdict(list)
+    for r in records:
+        path = Path(r["folder"]) / "icl_curve.csv"
+        if r["status"] == "ok" and path.is_file():
+            curves[r["variant"]].append(icl_curve.read(path))
+    if not curves:
+        return []
+    path = out / "e_k_by_variant.png"
+    icl_curve.plot_variants(curves, path)
+    return [path]
+
+
+def report(dirs: list[Path | str], out: Path | str | None = None) -> Path:
+    dirs = [Path(d) for d in dirs]
+    out = Path(out) if out else dirs[0]
+    out.mkdir(parents=True, exist_ok=True)
+    records = load_records(dirs)
+    if not records:
+        raise SystemExit(f"error: no run records (result.json) under {', '.join(map(str, dirs))}")
+    with (out / "results.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["task", "variant", "seed", "metric", "value"])
+        w.writeheader()
+        w.writerows(long_rows(records))
+    text = markdown(records)
+    plots = plot_capability_vs_signatures(records, out) + plot_task_curves(records, out)
+    text += "\nplots: " + ", ".join(p.name for p in plots) + "\n"
+    (out / "report.md").write_text(text)
+    print(text)
+    return out
+
+

@@ -1,0 +1,52 @@
+import json
+import math
+
+import pytest
+
+from constrained.report import markdown, paired_gap, report, summarize
+
+
+def test_summary_math_by_hand():
+    mean, std, n = summarize([1.0, 2.0, 4.0])
+    assert mean == pytest.approx(7 / 3)
+    assert std == pytest.approx(math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2))
+    assert n == 3
+    assert summarize([5.0]) == (5.0, 0.0, 1)
+
+
+def test_paired_gap_uses_only_common_seeds():
+    values = {"baseline": {0: 1.0, 1: 2.0, 2: 3.0}, "myopic": {0: 1.5, 2: 4.0}}
+    assert paired_gap(values, "myopic") == [0.5, 1.0]
+
+
+def _record(tmp_path, variant, seed, cap, sig, status="ok"):
+    folder = tmp_path / "g" / variant / f"seed{seed}"
+    folder.mkdir(parents=True)
+    rec = {"grid": "g", "task": "t", "variant": variant, "seed": seed, "status": status, "fit_seconds": 60,
+           "test_seconds": 0, "headline": {"capability": "test/cap", "signatures": ["test/sig"]},
+           "metrics": {"test/cap": cap, "test/sig": sig}}
+    if status != "ok":
+        rec.update(phase="fit", error="boom")
+    (folder / "result.json").write_text(json.dumps(rec))
+
+
+def test_report_table_plots_and_csv(tmp_path):
+    for seed, (c, s) in enumerate([(0.1, 0.9), (0.2, 0.8), (0.3, 0.7)]):
+        _record(tmp_path, "baseline", seed, c, s)
+        _record(tmp_path, "myopic", seed, c + 0.5, s - 0.5)
+    _record(tmp_path, "broken", 0, 0, 0, status="failed")
+    out = report([tmp_path / "g"])
+    md = (out / "report.md").read_text()
+    assert "| baseline | 0.2000 ± 0.1000 (n=3) | 0.8000 ± 0.1000 (n=3) | – |" in md
+    assert "| myopic | 0.7000 ± 0.1000 (n=3) | 0.3000 ± 0.1000 (n=3) | 0.5000 ± 0.0000 (n=3) |" in md
+    assert "FAILED broken/seed0" in md and "6 of 7 runs finished" in md
+    rows = (out / "results.csv").read_text().splitlines()
+    assert rows[0] == "task,variant,seed,metric,value" and len(rows) == 1 + 6 * 2
+    png = out / "capability_vs_test_sig.png"
+    assert png.stat().st_size > 5000
+
+
+def test_markdown_without_baseline_has_no_gap_column():
+    recs = [{"grid": "g", "task": "t", "variant": "a", "seed": 0, "status": "ok",
+             "headline": {"capability": "c", "signatures": []}, "metrics": {"c": 1.0}}]
+    assert "Δ" not in markdown(recs)
