@@ -93,6 +93,9 @@ class IclRegression(Task):
         seed: training stream (set from seed_everything); eval_seed: fixed val/test sets.
     """
 
+    HEADLINE = {"capability": "test/e10", "lower_is_better": True,
+                "signatures": ["test/probe_w_hat_last_selectivity", "test/dist_least_squares_k10"]}
+
     def __init__(
         self,
         d: int = 5,
@@ -140,6 +143,18 @@ class IclRegression(Task):
         xs, ys, ws = sample(gen, n, self.d, self.n_points, dist)
         inputs, targets, loss_mask = tokenize(xs, ys, self.token_format)
         return {"inputs": inputs, "targets": targets, "loss_mask": loss_mask, "xs": xs, "ys": ys}
+
+    def probe_targets(self, batch: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """w_hat (Akyürek et al. 2022): at the token carrying y_i (position 2i + 1 in both formats), the
+        min-norm least-squares estimate from examples 0..i, i.e. what an internal optimizer holds there."""
+        xs, ys = batch["xs"], batch["ys"]
+        n, P, d = xs.shape
+        values = torch.zeros(n, 2 * P, d, dtype=xs.dtype, device=xs.device)
+        for i in range(P):
+            values[:, 2 * i + 1] = (torch.linalg.pinv(xs[:, : i + 1]) @ ys[:, : i + 1, None]).squeeze(-1)  # (n, d)
+        mask = torch.zeros(n, 2 * P, dtype=torch.bool, device=xs.device)
+        mask[:, 1::2] = True
+        return {"w_hat": (mask, values)}
 
     def evaluate(self, preds: dict[str, torch.Tensor], out_dir: str | Path) -> dict[str, float]:
         """e(k) of the model and of explicit algorithms per test split; writes icl_curve.csv/png."""

@@ -15,6 +15,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from constrained import probes
 from constrained.transformer import Transformer
 
 
@@ -85,6 +86,11 @@ class SequenceModel(L.LightningModule):
         dm = self.trainer.datamodule
         preds = {split: torch.cat(self._test_preds[i]) for i, split in enumerate(dm.test_splits)}
         metrics = dm.evaluate(preds, Path(self.trainer.default_root_dir))
+        if hasattr(dm, "probe_targets"):
+            test = dm.eval_set("test")
+            control = probes.random_control(self.net, seed=dm.eval_seed)
+            scores = probes.probe_scores(self.net, control, test, dm.probe_targets(test))  # eval mode, no_grad
+            metrics.update({f"test/{k}": v for k, v in scores.items()})
         self.log_dict(metrics, sync_dist=False)
 
     def configure_optimizers(self):

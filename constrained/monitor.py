@@ -1,0 +1,48 @@
+"""Probe scores during training: how the mesa-signature grows, not only where it ends."""
+
+from __future__ import annotations
+
+import lightning as L
+
+from constrained import probes
+from constrained.transformer import Transformer
+
+
+class ProbeMonitor(L.Callback):
+    """After each validation run, fits the task's probes on a fixed set of validation sequences and
+    logs monitor/probe_* (trained, control, selectivity per layer) to every logger.
+
+    The sequences and the random-init control are fixed for the whole run, so changes in the curve
+    come from the model alone.
+    """
+
+    def __init__(self, n_sequences: int = 256):
+        if n_sequences < 2:
+            raise ValueError(f"n_sequences must be >= 2 (probes train on one half, test on the other), "
+                             f"got {n_sequences}")
+        self.n_sequences = n_sequences
+        self.batch = self.targets = self.control = None
+
+    def setup(self, trainer, pl_module, stage):
+        dm = trainer.datamodule
+        if not hasattr(dm, "probe_targets"):
+            raise TypeError(f"ProbeMonitor needs a task with probe_targets(batch); {type(dm).__name__} has none: "
+                            f"remove constrained.monitor.ProbeMonitor from trainer.callbacks")
+        self.batch = {k: v[: self.n_sequences] for k, v in dm.eval_set("val").items()}
+        self.targets = dm.probe_targets(self.batch)
+        self.seed = dm.eval_seed
+
+    # Lightning forbids self.log in on_validation_end; at epoch end it reaches every logger at the
+    # current step and lands in callback_metrics like val/loss.
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        net = getattr(pl_module, "net", None)
+        if not isinstance(net, Transformer):
+            raise TypeError(f"ProbeMonitor reads hooks of pl_module.net (a Transformer); "
+                            f"{type(pl_module).__name__} has {type(net).__name__}")
+        if self.control is None:
+            self.control = probes.random_control(net, seed=self.seed)
+        scores = probes.probe_scores(net, self.control, self.batch, self.targets)
+        pl_module.log_dict({f"monitor/{k}": v for k, v in scores.items()}, on_step=False, on_epoch=True,
+                           sync_dist=False)
