@@ -17,10 +17,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Trains baseline and myopic on icl_regression (default configs, seed 0) and prints e(k)
-# for both beside least squares and averaging.
+# A one-seed icl_regression grid (baseline and myopic descent, default configs): trains both,
+# prints the report table, then e(k) for both beside least squares and averaging.
 demo: $(STAMP)
-	bash bench/train_icl.sh baseline myopic
+	$(VENV)/bin/constrained ablate configs/ablations/demo.yaml --jobs 2
+	$(VENV)/bin/constrained curves runs/ablations/demo/baseline/seed0 runs/ablations/demo/myopic/seed0
 
 # The default suite: everything but tests marked slow or gpu.
 test: $(STAMP)

@@ -94,7 +94,9 @@ def curves(run_dirs: list[str]) -> None:
         path = Path(d) / "icl_curve.csv"
         if not path.is_file():
             raise SystemExit(f"error: {path} not found (run `constrained test` on that run first)")
-        data[Path(d).name] = icl_curve.read(path)
+        run = Path(d)
+        label = f"{run.parent.name}/{run.name}" if run.name.startswith("seed") else run.name  # ablation folders
+        data[label] = icl_curve.read(path)
     print(icl_curve.table(data))
 
 
