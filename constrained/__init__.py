@@ -2,7 +2,8 @@
 and measure whether they work."""
 
 from constrained.icl_regression import IclRegression
+from constrained.precache import Precache
 from constrained.sequence_model import SequenceModel
 from constrained.transformer import Transformer
 
-__all__ = ["IclRegression", "SequenceModel", "Transformer"]
+__all__ = ["IclRegression", "Precache", "SequenceModel", "Transformer"]

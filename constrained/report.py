@@ -56,12 +56,26 @@ def paired_gap(values: dict[str, dict[int, float]], variant: str, reference: str
     return [a[s] - b[s] for s in sorted(set(a) & set(b))]
 
 
+def headline_for(records: list[dict]) -> dict:
+    """The task's current HEADLINE, so a report made after a metric is added shows it; the one stored
+    in the records when the base config is gone."""
+    from constrained.ablation import headline_of
+
+    for r in records:
+        args = r.get("args", [])
+        if "--config" in args and Path(args[args.index("--config") + 1]).is_file():
+            current = headline_of(Path(args[args.index("--config") + 1]))
+            if current:
+                return current
+    return next((r["headline"] for r in records if r.get("headline")), {})
+
+
 def markdown(records: list[dict]) -> str:
     lines = []
     for grid in sorted({r["grid"] for r in records}):
         recs = [r for r in records if r["grid"] == grid]
         ok = [r for r in recs if r["status"] == "ok"]
-        headline = next((r["headline"] for r in recs if r.get("headline")), {})
+        headline = headline_for(recs)
         variants = list(dict.fromkeys(r["variant"] for r in recs))
         capability = headline.get("capability")
         metrics = [m for m in [capability, *headline.get("signatures", [])] if m]
@@ -94,7 +108,7 @@ def plot_capability_vs_signatures(records: list[dict], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     ok = [r for r in records if r["status"] == "ok"]
-    headline = next((r["headline"] for r in records if r.get("headline")), {})
+    headline = headline_for(records)
     capability, written = headline.get("capability"), []
     if not capability:
         return written

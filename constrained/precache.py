@@ -1,0 +1,114 @@
+"""Pre-caching (Wu, Morris, Levine 2024, "Do language models plan for future tokens?"): a later target
+needs an expensive function of earlier tokens, so a model that computes it ahead of time, at the
+earlier positions, does better. Myopic descent forbids training those positions for later ones."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from constrained.task import Task
+
+
+def precache_targets(xs: torch.Tensor, zs: torch.Tensor, a: float, K: int) -> torch.Tensor:
+    """y_n = z_n · Σ_{i=1..K} sin(a·x_{n−i}) + (1 − z_n) · x_n; terms with n − i < 0 are absent.
+
+    xs: (n, T); zs: (n, T) of 0.0 / 1.0; returns ys (n, T)."""
+    s = torch.sin(a * xs)
+    lagged = torch.zeros_like(xs)
+    for i in range(1, K + 1):  # a lag of i >= T adds nothing: both slices are empty
+        lagged[:, i:] += s[:, :-i]
+    return zs * lagged + (1 - zs) * xs
+
+
+class Precache(Task):
+    """Args:
+        a: frequency of the sine; larger is harder to learn (the paper's a = 10 did not learn on CPU).
+        K: how many earlier tokens each target sums over; loss and metrics only at positions n >= K,
+            where the sum is complete.
+        T: sequence length. p: probability that a token asks for the sum (z = 1) rather than a copy.
+        seed: training stream (set from seed_everything); eval_seed: fixed val/test sets.
+    """
+
+    loss = "huber"
+    input_dim = 2  # token (x_n, z_n)
+    HEADLINE = {"capability": "test/mse_over_var", "lower_is_better": True,
+                "signatures": ["test/probe_next_target_last_selectivity"]}
+
+    def __init__(
+        self,
+        a: float = 3.0,
+        K: int = 10,
+        T: int = 32,
+        p: float = 1.0,
+        batch_size: int = 64,
+        n_val: int = 512,
+        n_test: int = 2048,
+        seed: int = 0,
+        eval_seed: int = 1234,
+    ):
+        super().__init__(batch_size, n_val, n_test, seed, eval_seed)
+        if not a > 0:
+            raise ValueError(f"data.a must be > 0, got {a}")
+        if K < 1:
+            raise ValueError(f"data.K must be >= 1, got {K}")
+        # T >= K + 2: at least one scored position (n >= K) with a next target for the probe
+        if T < K + 2:
+            raise ValueError(f"data.T must be >= K + 2 = {K + 2} (positions n >= K are scored and the "
+                             f"probe needs a next target), got {T}")
+        if not 0 <= p <= 1:
+            raise ValueError(f"data.p must be in [0, 1], got {p}")
+        self.a, self.K, self.T, self.p = float(a), K, T, float(p)
+
+    @property
+    def seq_len(self) -> int:
+        return self.T
+
+    def make_batch(self, gen: torch.Generator, n: int, split: str) -> dict[str, torch.Tensor]:
+        xs = torch.randn(n, self.T, generator=gen)
+        zs = (torch.rand(n, self.T, generator=gen) < self.p).float()
+        ys = precache_targets(xs, zs, self.a, self.K)
+        loss_mask = torch.zeros(n, self.T, dtype=torch.bool)
+        loss_mask[:, self.K:] = True
+        inputs = torch.stack([xs, zs], dim=-1)  # (n, T, 2)
+        return {"inputs": inputs, "targets": ys.unsqueeze(-1), "loss_mask": loss_mask, "xs": xs, "zs": zs, "ys": ys}
+
+    def probe_targets(self, batch: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """next_target: y_{n+1} read from the hidden state at n. Decodable there only if position n
+        already holds sin(a·x_n) (or an equivalent), i.e. if it computed something for the next position."""
+        ys = batch["ys"]
+        n, T = ys.shape
+        values = torch.zeros(n, T, 1, dtype=ys.dtype, device=ys.device)
+        values[:, :-1, 0] = ys[:, 1:]
+        mask = torch.zeros(n, T, dtype=torch.bool, device=ys.device)
+        mask[:, self.K: T - 1] = True
+        return {"next_target": (mask, values)}
+
+    def evaluate(self, preds: dict[str, torch.Tensor], out_dir: str | Path) -> dict[str, float]:
+        """Huber (the base objective) and MSE / Var(y) on scored positions; writes precache_metrics.csv."""
+        metrics = {}
+        for split, pred in preds.items():
+            b = self.eval_set(split)
+            mask = b["loss_mask"]
+            p, y = pred[mask].double(), b["targets"][mask].double()  # (N, 1): scored positions only
+            huber = F.huber_loss(p, y, delta=1.0).item()
+            mse_over_var = (F.mse_loss(p, y) / y.var(correction=0)).item()
+            metrics.update({f"{split}/huber": huber, f"{split}/mse_over_var": mse_over_var, f"{split}/loss": huber})
+        write_metrics(metrics, Path(out_dir))
+        return metrics
+
+
+def write_metrics(metrics: dict[str, float], out_dir: Path) -> None:
+    """One row per (split, metric); written to a temporary file first so a reader never sees half of it."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / "precache_metrics.csv.tmp"
+    with tmp.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["split", "metric", "value"])
+        for name, value in metrics.items():
+            split, metric = name.split("/", 1)
+            w.writerow([split, metric, value])
+    tmp.replace(out_dir / "precache_metrics.csv")
