@@ -1,0 +1,283 @@
+"""future_info: Triton kernels (interpreted on CPU) against the PyTorch reference, invariants of the
+ridge R², the closed-form gradients, the default future signal, input checks and dispatch."""
+
+import os
+
+# Triton decides interpreted vs compiled when triton and a kernel are imported (DESIGN §11); assignment
+# rather than setdefault, so an exported TRITON_INTERPRET=0 cannot win. conftest.py sets it too.
+os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from constrained.kernels import future_info as fi  # noqa: E402
+
+
+def _require_interpreter():
+    if fi.triton is None:
+        pytest.skip("triton is not installed")
+    if not fi._interpreted():
+        pytest.fail("the Triton kernels were compiled for a GPU: triton or constrained.kernels.future_info was "
+                    "imported before TRITON_INTERPRET=1 was set (set it in conftest.py, DESIGN §11)")
+
+
+@pytest.fixture
+def _interpreted_kernels():
+    _require_interpreter()
+
+
+interpreted = pytest.mark.usefixtures("_interpreted_kernels")
+
+F64 = torch.float64
+
+
+def _data(n, d, dz, dtype=torch.float32, seed=0, signal=0.5):
+    """h with large, uneven column means (stresses the algebraic centring) and z partly linear in h."""
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(n, d, generator=g, dtype=F64) * torch.linspace(0.5, 3.0, d, dtype=F64) + 10.0
+    w = torch.randn(d, dz, generator=g, dtype=F64)
+    z = signal * (h - 10.0) @ w / d**0.5 + torch.randn(n, dz, generator=g, dtype=F64) - 4.0
+    return h.to(dtype), z.to(dtype)
+
+
+def _value_and_grads(h, z, backend, eps0=1e-3):
+    h = h.detach().requires_grad_()
+    z = z.detach().requires_grad_()
+    r2 = fi.future_info(h, z, eps0=eps0, backend=backend)
+    dh, dz = torch.autograd.grad(r2, [h, z])
+    return r2.detach(), dh, dz
+
+
+# --------------------------------------------------------------------------------------------------
+# Triton (interpreter) against the reference
+# --------------------------------------------------------------------------------------------------
+
+# (N, d, d_z): powers of two and not; N and d below, at and across the interpreter's blocks
+# (BLOCK_N 32, BLOCK_D 16, up to 3 row chunks, so N = 200 gives chunks of 96, 96 and 8 rows).
+SHAPES = [(13, 3, 2), (32, 16, 16), (70, 40, 5), (200, 5, 17), (100, 33, 1)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "N{}-d{}-dz{}".format(*s))
+@pytest.mark.interpreter
+@interpreted
+def test_triton_matches_reference(shape, dtype):
+    h, z = _data(*shape, dtype=dtype)
+    got = _value_and_grads(h, z, "triton")
+    want = _value_and_grads(h, z, "reference")
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-12, rtol=1e-10)
+    for name, a, b in zip(("R²", "dH", "dZ"), got, want):
+        assert a.dtype == b.dtype, name
+        torch.testing.assert_close(a, b, **tol, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.interpreter
+@interpreted
+def test_triton_strided_and_batched_inputs():
+    """Leading dims are flattened to rows, and the kernels follow strides instead of copying."""
+    h, z = _data(2 * 23, 20, 3)
+    h_t = h.T.contiguous().T  # same values, column-major strides
+    got = _value_and_grads(h_t.view(2, 23, 20), z.view(2, 23, 3), "triton")
+    want = _value_and_grads(h, z, "reference")
+    assert got[1].shape == (2, 23, 20) and got[2].shape == (2, 23, 3)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.reshape(b.shape), b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.interpreter
+@interpreted
+def test_triton_fp16_is_close_to_reference():
+    h, z = _data(70, 40, 3, dtype=torch.float16)
+    got = _value_and_grads(h, z, "triton")
+    want = _value_and_grads(h, z, "reference")
+    assert got[0].dtype == torch.float32 and got[1].dtype == torch.float16
+    torch.testing.assert_close(got[0], want[0], atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(got[1].float(), want[1].float(), atol=1e-4, rtol=1e-2)
+
+
+@pytest.mark.interpreter
+@interpreted
+def test_triton_gradcheck_fp64():
+    # eps0 = 0: the gradient holds ε constant, so only then is it the exact derivative gradcheck measures.
+    h, z = _data(13, 3, 2, dtype=F64)
+    h.requires_grad_()
+    z.requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: fi.FutureInfo.apply(a, b, 0.0), (h, z), fast_mode=True)
+
+
+@pytest.mark.interpreter
+@interpreted
+def test_triton_computes_only_the_gradients_asked_for():
+    h, z = _data(20, 6, 2)
+    h.requires_grad_()
+    (dh,) = torch.autograd.grad(fi.future_info(h, z, backend="triton"), [h])
+    assert dh.shape == h.shape and z.grad is None
+    h2 = h.detach()
+    z2 = z.clone().requires_grad_()
+    (dz,) = torch.autograd.grad(fi.future_info(h2, z2, backend="triton"), [z2])
+    torch.testing.assert_close(dz, _value_and_grads(h2, z2, "reference")[2], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", [pytest.param("triton", marks=pytest.mark.interpreter),
+                                     "reference"])
+def test_constant_signal_or_states_give_zero_not_nan(backend):
+    if backend == "triton":
+        _require_interpreter()
+    h, _ = _data(20, 4, 1)
+    h.requires_grad_()
+    z_const = torch.full((20, 2), 3.7)
+    r2 = fi.future_info(h, z_const, backend=backend)
+    (dh,) = torch.autograd.grad(r2, [h])
+    assert r2.item() == 0.0 and torch.all(dh == 0)
+    assert fi.future_info(torch.full((20, 4), 2.3), torch.randn(20, 2), backend=backend).item() == 0.0
+
+
+@pytest.mark.interpreter
+@interpreted
+def test_triton_invariants_fp64():
+    h, z = _data(50, 6, 3, dtype=F64)
+    r2 = fi.future_info(h, z, backend="triton").item()
+    assert 0.0 < r2 < 1.0
+    shifted = fi.future_info(h + torch.randn(6, dtype=F64) * 100, 3.0 * z - 7.0, backend="triton").item()
+    assert shifted == pytest.approx(r2, rel=1e-9)
+
+
+# --------------------------------------------------------------------------------------------------
+# Invariants of the ridge R² (reference path)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_reference_gradcheck_fp64():
+    h, z = _data(13, 3, 2, dtype=F64)
+    h.requires_grad_()
+    z.requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: fi.future_info_reference(a, b, 0.0), (h, z))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_r2_lies_in_unit_interval(seed):
+    for n, d, dz, signal in [(10, 8, 3, 0.0), (40, 5, 2, 2.0), (300, 30, 4, 0.3), (6, 20, 2, 1.0)]:
+        h, z = _data(n, d, dz, seed=seed, signal=signal)
+        r2 = fi.future_info(h, z).item()
+        assert 0.0 <= r2 <= 1.0 + 1e-6
+
+
+def test_invariant_under_invertible_map_of_h():
+    h, z = _data(60, 5, 3, dtype=F64)
+    a = torch.randn(5, 5, dtype=F64, generator=torch.Generator().manual_seed(1)) + 3 * torch.eye(5, dtype=F64)
+    r2 = fi.future_info(h, z, eps0=1e-10).item()
+    assert fi.future_info(h @ a, z, eps0=1e-10).item() == pytest.approx(r2, rel=1e-7)
+
+
+def test_invariant_under_scaling_z_and_shifting_rows():
+    h, z = _data(60, 5, 3, dtype=F64)
+    r2 = fi.future_info(h, z).item()
+    assert fi.future_info(h, -2.5 * z).item() == pytest.approx(r2, rel=1e-10)
+    assert fi.future_info(h + torch.arange(5.0, dtype=F64), z).item() == pytest.approx(r2, rel=1e-10)
+    assert fi.future_info(h, z - torch.tensor([1e3, 2.0, -5.0], dtype=F64)).item() == pytest.approx(r2, rel=1e-10)
+
+
+def test_linear_function_of_h_is_fully_decodable():
+    h, _ = _data(80, 6, 1, dtype=F64)
+    z = h @ torch.randn(6, 4, dtype=F64) + 1.5
+    assert fi.future_info(h, z, eps0=1e-10).item() == pytest.approx(1.0, abs=1e-6)
+    assert fi.future_info(h.float(), z.float(), eps0=1e-3).item() > 0.99  # the ridge costs a little
+
+
+def test_independent_signal_decays_like_d_over_n():
+    d, means = 5, {}
+    for n in (50, 2000):
+        draws = [fi.future_info(*_data(n, d, 1, seed=s, signal=0.0), eps0=1e-6).item() for s in range(8)]
+        means[n] = sum(draws) / len(draws)
+        assert 0.3 * d / n < means[n] < 3 * d / n  # E[R²] = d / (N − 1) for independent Gaussian z
+    assert means[2000] < means[50]
+
+
+def test_closed_form_gradient_matches_autograd():
+    h, z = _data(40, 6, 3, dtype=F64)
+    eps0 = 1e-2
+    r2, dh, dz = _value_and_grads(h, z, "reference", eps0=eps0)
+    hc, zc = h - h.mean(0), z - z.mean(0)
+    eps = eps0 * (hc.T @ hc).diagonal().mean()
+    m = torch.linalg.solve(hc.T @ hc + eps * torch.eye(6, dtype=F64), hc.T @ zc)
+    t = (zc * zc).sum()
+    torch.testing.assert_close(dh, 2 * (zc - hc @ m) @ m.T / t)
+    torch.testing.assert_close(dz, 2 * (hc @ m - r2 * zc) / t)
+
+
+# --------------------------------------------------------------------------------------------------
+# The default future signal
+# --------------------------------------------------------------------------------------------------
+
+
+def test_residualized_signal_is_uncorrelated_with_current_target():
+    g = torch.Generator().manual_seed(0)
+    y_now = torch.randn(500, 2, generator=g) + 3.0
+    z = y_now @ torch.randn(2, 4, generator=g) + 0.3 * torch.randn(500, 4, generator=g)
+    z.requires_grad_()
+    r = fi.residualize(z, y_now)
+    assert r.shape == z.shape and r.dtype == z.dtype and not r.requires_grad
+    yc = y_now - y_now.mean(0)
+    assert (yc.T @ r).abs().max() < 1e-4 * yc.norm() * r.norm()
+    assert r.mean(0).abs().max() < 1e-5
+    assert fi.future_info(y_now, r, eps0=0.0).item() < 1e-8  # nothing left for y_now to decode
+    assert fi.future_info(y_now, z.detach(), eps0=0.0).item() > 0.5
+
+
+def test_residualize_tolerates_constant_target_and_1d_target():
+    z = torch.randn(30, 2)
+    r = fi.residualize(z, torch.full((30,), 4.0))
+    torch.testing.assert_close(r, z - z.mean(0))
+
+
+def test_future_targets_alignment():
+    B, T, K = 2, 7, 3
+    b, t = torch.meshgrid(torch.arange(B), torch.arange(T), indexing="ij")
+    y = torch.stack([100.0 * b + t, -(100.0 * b + t)], dim=-1)  # (B, T, 2): y[b, t] = ±(100 b + t)
+    out = fi.future_targets(y, K)
+    n = T - K
+    assert out.z.shape == (B * n, (K - 1) * 2) and out.y_now.shape == (B * n, 2)
+    assert out.rows.shape == (B, T) and out.rows.sum() == B * n and not out.rows[:, n:].any()
+    h = 100.0 * b + t  # a "hidden state" that records its own (b, t)
+    for i, (bb, tt) in enumerate(zip(b[out.rows], t[out.rows])):
+        assert h[out.rows][i] == 100 * bb + tt
+        assert out.y_now[i].tolist() == [100 * bb + tt, -(100 * bb + tt)]
+        assert out.z[i].tolist() == [100 * bb + tt + 2, -(100 * bb + tt + 2), 100 * bb + tt + 3, -(100 * bb + tt + 3)]
+    assert fi.future_targets(y[..., 0], K).z.shape == (B * n, K - 1)  # (B, T) targets: d_y = 1
+    with pytest.raises(ValueError, match="K must be >= 2"):
+        fi.future_targets(y, 1)
+    with pytest.raises(ValueError, match="longer than K"):
+        fi.future_targets(y, T)
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad input and dispatch
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("h, z, kw, match", [
+    (torch.randn(10, 3), torch.randn(9, 2), {}, r"same rows.*N = 10.*N = 9"),
+    (torch.randn(1, 3), torch.randn(1, 2), {}, "N >= 2"),
+    (torch.randn(10, 3), torch.randn(10, 2), {"eps0": -1e-3}, "eps0 must be"),
+    (torch.randn(10, 3), torch.randn(10, 2), {"eps0": float("nan")}, "eps0 must be"),
+    (torch.randn(10), torch.randn(10, 2), {}, "h must have shape"),
+    (torch.randn(10, 3), torch.randn(10, 0), {}, "z has no feature columns"),
+    (torch.randn(10, 3), torch.randint(0, 3, (10, 2)), {}, "z must be floating point"),
+    (torch.randn(10, 3), torch.randn(10, 2), {"backend": "cuda"}, "backend must be one of"),
+    (torch.randn(10, 3).index_fill_(0, torch.tensor([4]), float("nan")), torch.randn(10, 2), {}, "h contains NaN"),
+    (torch.randn(10, 3), torch.randn(10, 2).index_fill_(0, torch.tensor([0]), float("inf")), {}, "z contains NaN"),
+])
+def test_bad_input_raises_naming_the_problem(h, z, kw, match):
+    with pytest.raises(ValueError, match=match):
+        fi.future_info(h, z, **kw)
+
+
+def test_auto_uses_reference_on_cpu(monkeypatch):
+    def refuse(*args):
+        raise AssertionError("FutureInfo (Triton) must not run for CPU tensors under backend='auto'")
+
+    monkeypatch.setattr(fi.FutureInfo, "apply", refuse)
+    h, z = _data(30, 4, 2)
+    assert fi.future_info(h, z).item() == fi.future_info_reference(h, z).item()
+    if fi._interpreted():
+        with pytest.raises(AssertionError, match="must not run"):
+            fi.future_info(h, z, backend="triton")  # forcing it does reach the Triton path
