@@ -95,7 +95,8 @@ class IclRegression(Task):
 
     # distance at k = 3 < d: for k >= d noiseless least squares is exact, so its distance would just be e(k)
     HEADLINE = {"capability": "test/e10", "lower_is_better": True,
-                "signatures": ["test/probe_w_hat_last_selectivity", "test/dist_least_squares_k3"]}
+                "signatures": ["test/probe_w_hat_last_selectivity", "test/dist_least_squares_k3",
+                               "test/future_info_last", "test/reach", "test/iteration"]}
 
     def __init__(
         self,
@@ -156,6 +157,13 @@ class IclRegression(Task):
         mask = torch.zeros(n, 2 * P, dtype=torch.bool, device=xs.device)
         mask[:, 1::2] = True
         return {"w_hat": (mask, values)}
+
+    def future_signal(self, batch: dict[str, torch.Tensor], future_k: int | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """ŵ_k at each y token (future_k unused): the estimate an in-context optimizer would carry forward
+        to later predictions, which the current prediction does not need."""
+        mask, values = self.probe_targets(batch)["w_hat"]
+        return mask, values[mask]
 
     def evaluate(self, preds: dict[str, torch.Tensor], out_dir: str | Path) -> dict[str, float]:
         """e(k) of the model and of explicit algorithms per test split; writes icl_curve.csv/png."""

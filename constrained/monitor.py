@@ -10,7 +10,8 @@ from constrained.transformer import Transformer
 
 class ProbeMonitor(L.Callback):
     """After each validation run, fits the task's probes on a fixed set of validation sequences and
-    logs monitor/probe_* (trained, control, selectivity per layer) to every logger.
+    logs monitor/probe_* (trained, control, selectivity per layer) to every logger, with the model's
+    signatures on the same sequences (monitor/future_info_*, monitor/reach, monitor/iteration).
 
     The sequences and the random-init control are fixed for the whole run, so changes in the curve
     come from the model alone.
@@ -44,5 +45,7 @@ class ProbeMonitor(L.Callback):
         if self.control is None:
             self.control = probes.random_control(net, seed=self.seed)
         scores = probes.probe_scores(net, self.control, self.batch, self.targets)
+        if hasattr(pl_module, "signatures"):  # future_info, reach, iteration: every model, penalized or not
+            scores.update(pl_module.signatures(self.batch))
         pl_module.log_dict({f"monitor/{k}": v for k, v in scores.items()}, on_step=False, on_epoch=True,
                            sync_dist=False)

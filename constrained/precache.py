@@ -36,7 +36,9 @@ class Precache(Task):
     loss = "huber"
     input_dim = 2  # token (x_n, z_n)
     HEADLINE = {"capability": "test/mse_over_var", "lower_is_better": True,
-                "signatures": ["test/probe_next_target_last_selectivity"]}
+                "signatures": ["test/probe_next_target_last_selectivity", "test/future_info_last", "test/reach",
+                               "test/iteration"],
+                "gaps": {"myopia gap": ["myopic", "baseline", "test/huber"]}}
 
     def __init__(
         self,
@@ -75,6 +77,14 @@ class Precache(Task):
         loss_mask[:, self.K:] = True
         inputs = torch.stack([xs, zs], dim=-1)  # (n, T, 2)
         return {"inputs": inputs, "targets": ys.unsqueeze(-1), "loss_mask": loss_mask, "xs": xs, "zs": zs, "ys": ys}
+
+    @property
+    def reach_horizon(self) -> float:
+        return float(self.K)  # y_n reads x_{n-1..n-K}: only reach past what the task needs counts
+
+    @property
+    def default_future_k(self) -> int:
+        return self.K  # the targets that sum over the tokens seen at t: y_{t+2..t+K} (DESIGN §5)
 
     def probe_targets(self, batch: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """next_target: y_{n+1} read from the hidden state at n. Decodable there only if position n

@@ -91,6 +91,10 @@ def markdown(records: list[dict]) -> str:
             if has_ref:
                 cells.append(_fmt(paired_gap(values[capability], v)) if v != "baseline" else "–")
             lines.append("| " + " | ".join(cells) + " |")
+        for gap, (variant, reference, metric) in headline.get("gaps", {}).items():
+            if variant in variants and reference in variants:
+                diffs = paired_gap(by_variant(ok, metric), variant, reference)
+                lines += ["", f"**{gap}**: {metric} of {variant} minus {reference}, paired by seed: {_fmt(diffs)}"]
         fit_minutes = sum(r.get("fit_seconds", 0) + r.get("test_seconds", 0) for r in recs) / 60
         lines += ["", f"{len(ok)} of {len(recs)} runs finished; run time summed over runs: {fit_minutes:.1f} min."]
         for r in recs:

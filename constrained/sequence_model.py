@@ -15,7 +15,9 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from constrained import probes
+from constrained import penalties as penalty_lib
+from constrained import probes, signatures
+from constrained.penalties import AdversarialProbes, Penalty
 from constrained.transformer import Transformer
 
 
@@ -37,15 +39,32 @@ class SequenceModel(L.LightningModule):
         n_ctx: int = 1,
         query_positions: list[int] | None = None,
         loss: Literal["mse", "huber"] = "mse",
+        penalties: list[Penalty] | None = None,
     ):
+        """penalties: terms added to the loss, e.g. [{kind: future_info, weight: 1.0}] (constrained/penalties.py)."""
         super().__init__()
         if lr <= 0 or warmup_steps < 0 or not 0 <= min_lr_ratio <= 1:
             raise ValueError(f"need lr > 0, warmup_steps >= 0, 0 <= min_lr_ratio <= 1; got {lr}, "
                              f"{warmup_steps}, {min_lr_ratio}")
-        self.save_hyperparameters()
+        self.penalties = penalty_lib.parse(penalties, n_layers)
+        self.save_hyperparameters(ignore=["penalties"])
+        self.hparams["penalties"] = penalty_lib.as_dicts(self.penalties)  # plain data: weights_only checkpoints
         self.net = Transformer(d_in, d_out, n_ctx, d_model, n_layers, n_heads, d_mlp, horizon, myopic_gradient,
                                query_positions)
+        self.adversaries: AdversarialProbes | None = None
+        self._adversary_opt: torch.optim.Optimizer | None = None
         self._test_preds: dict[int, list[torch.Tensor]] = {}
+
+    def setup(self, stage: str) -> None:
+        # the adversarial probe's output width is the task's signal width, known once the data is
+        adv = next((p for p in self.penalties if p.kind == "adversarial_probe"), None)
+        if adv is None or self.adversaries is not None:
+            return
+        dm = self.trainer.datamodule
+        _, z = dm.future_signal(dm.eval_set("val"), adv.future_k)
+        layers = penalty_lib.layers_of(adv, self.hparams.n_layers)
+        self.adversaries = AdversarialProbes(self.hparams.d_model, z.shape[1], layers)
+        self._adversary_opt = torch.optim.Adam(self.adversaries.parameters(), lr=adv.probe_lr)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.net(inputs)
@@ -57,8 +76,29 @@ class SequenceModel(L.LightningModule):
         return F.mse_loss(pred[mask], batch["targets"][mask])
 
     def loss_terms(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Named terms whose sum is the training loss (penalties add their own terms)."""
-        return {"task": self.task_loss(self(batch["inputs"]), batch)}
+        """Named terms whose sum is the training loss: the task, then each penalty at its weight
+        (a penalty at weight 0 is measured and logged as penalty/<kind>, and adds nothing)."""
+        if not self.penalties:
+            return {"task": self.task_loss(self(batch["inputs"]), batch)}
+        L_ = self.hparams.n_layers
+        names = sorted({n for p in self.penalties for n in penalty_lib.hook_names(p, L_)})
+        reach = next((p for p in self.penalties if p.kind == "reach"), None)
+        pred, cache = self.net.run_with_cache(batch["inputs"], names_filter=names, detach=False,
+                                              reach_h=reach.horizon if reach else None)
+        terms = {"task": self.task_loss(pred, batch)}
+        for p in self.penalties:
+            rows = z = None
+            if p.kind != "reach":
+                rows, z = self.trainer.datamodule.future_signal(batch, p.future_k)
+            trains = p.weight > 0 or p.kind == "adversarial_probe"  # the probe learns even at weight 0
+            with torch.set_grad_enabled(trains and torch.is_grad_enabled()):
+                v = penalty_lib.value(p, cache, L_, rows, z, self.adversaries)
+            self.log(f"penalty/{p.name}", v.detach(), on_step=True, on_epoch=False)
+            if p.kind == "adversarial_probe":
+                terms[p.name] = v  # the model's share is scaled by -weight inside (gradient reversal)
+            elif p.weight > 0:
+                terms[p.name] = p.weight * v
+        return terms
 
     def training_step(self, batch, batch_idx):
         terms = self.loss_terms(batch)
@@ -71,6 +111,20 @@ class SequenceModel(L.LightningModule):
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=False)
         self.log("train/loss", loss, prog_bar=True)
         return loss
+
+    def on_after_backward(self) -> None:
+        # the adversarial probe takes its own step; the main optimizer never sees its parameters
+        if self._adversary_opt is not None:
+            self._adversary_opt.step()
+            self._adversary_opt.zero_grad(set_to_none=True)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self._adversary_opt is not None:
+            checkpoint["adversary_optimizer"] = self._adversary_opt.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self._adversary_opt is not None and "adversary_optimizer" in checkpoint:
+            self._adversary_opt.load_state_dict(checkpoint["adversary_optimizer"])
 
     def validation_step(self, batch, batch_idx):
         self.log("val/loss", self.task_loss(self(batch["inputs"]), batch), prog_bar=True)
@@ -86,19 +140,28 @@ class SequenceModel(L.LightningModule):
         dm = self.trainer.datamodule
         preds = {split: torch.cat(self._test_preds[i]) for i, split in enumerate(dm.test_splits)}
         metrics = dm.evaluate(preds, Path(self.trainer.default_root_dir))
+        test = dm.eval_set("test")
         if hasattr(dm, "probe_targets"):
-            test = dm.eval_set("test")
             control = probes.random_control(self.net, seed=dm.eval_seed)
             scores = probes.probe_scores(self.net, control, test, dm.probe_targets(test))  # eval mode, no_grad
             metrics.update({f"test/{k}": v for k, v in scores.items()})
+        metrics.update({f"test/{k}": v for k, v in self.signatures(test).items()})
         self.log_dict(metrics, sync_dist=False)
+
+    def signatures(self, batch: dict[str, torch.Tensor], n_sequences: int = 512) -> dict[str, float]:
+        """future_info, reach and iteration on the first n_sequences of batch, at the task's settings
+        (never a penalty's), so every variant is measured by the same ruler."""
+        batch = {k: v[:n_sequences] for k, v in batch.items()}
+        dm = self.trainer.datamodule
+        rows, z = dm.future_signal(batch)
+        return signatures.measure(self.net, batch, rows, z, dm.reach_horizon)
 
     def configure_optimizers(self):
         max_steps = self.trainer.max_steps
         if max_steps is None or max_steps < 1:
             raise ValueError("trainer.max_steps must be set (>= 1): the LR schedule is defined over steps")
         hp = self.hparams
-        opt = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        opt = torch.optim.AdamW(self.net.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
 
         def factor(step: int) -> float:
             if step < hp.warmup_steps:

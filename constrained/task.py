@@ -12,6 +12,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
+from constrained.kernels.future_info import future_targets, residualize
 from constrained.seeding import generator
 
 STREAMS = {"train": 0, "val": 1, "test": 2, "shifted": 3}  # independent random streams
@@ -58,6 +59,30 @@ class Task(L.LightningDataModule):
     def evaluate(self, preds: dict[str, torch.Tensor], out_dir: Path) -> dict[str, float]:
         """Test metrics from the model's predictions (n, T, output_dim) on each test split."""
         raise NotImplementedError
+
+    default_future_k = 4
+    reach_horizon = 8.0  # the soft horizon the reach signature is measured at, for every variant
+
+    def future_signal(self, batch: dict[str, torch.Tensor], future_k: int | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows (B, T) bool, z (N, d_z)): the signal that future_info and the adversarial probe decode
+        from the hidden state at each True position; z rows in sequence-major order (that of h[rows]).
+
+        Default: the targets at t+2..t+future_k, residualized on the current target over the batch, i.e.
+        what position t could hold only to help later positions, beyond what its own prediction needs
+        (unresidualized, the penalty also fights the task: future targets share most of the present one).
+        """
+        future_k = self.default_future_k if future_k is None else future_k
+        y, scored = batch["targets"], batch["loss_mask"]  # (B, T, d_y), (B, T)
+        ft = future_targets(y, future_k)
+        n = y.shape[1] - future_k  # positions t with t + future_k < T
+        valid = scored[:, :n].clone()  # (B, n): the present and every future target involved are scored
+        for k in range(2, future_k + 1):
+            valid &= scored[:, k:k + n]
+        rows = torch.zeros_like(scored)
+        rows[:, :n] = valid
+        keep = valid.reshape(-1)  # ft's rows are (b, t) b-major, like valid's
+        return rows, residualize(ft.z[keep], ft.y_now[keep])
 
     def eval_set(self, split: str) -> dict[str, torch.Tensor]:
         if split not in self._eval:

@@ -1,3 +1,8 @@
+import os
+
+# before any kernel module is imported: Triton reads it when a kernel is decorated (DESIGN §11)
+os.environ["TRITON_INTERPRET"] = "1"
+
 import pytest
 import torch
 

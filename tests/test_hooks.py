@@ -5,7 +5,8 @@ from tests.conftest import tiny
 
 NAMES = ["hook_embed"] + [
     f"blocks.{l}.{n}" for l in range(2)
-    for n in ("hook_resid_pre", "attn.hook_pattern", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
+    for n in ("hook_resid_pre", "attn.hook_pattern", "attn.hook_reach", "hook_attn_out", "hook_mlp_out",
+              "hook_resid_post")
 ]
 
 
@@ -16,11 +17,11 @@ def test_every_design_hook_exists():
 def test_run_with_cache_returns_what_was_asked_with_shapes():
     model = tiny()
     x = torch.randn(3, 10, 5)
-    out, cache = model.run_with_cache(x, names_filter=NAMES)
+    out, cache = model.run_with_cache(x, names_filter=NAMES, reach_h=4.0)  # reach fires only when asked for
     assert set(cache) == set(NAMES)
     assert out.shape == (3, 10, 1)
     for name, t in cache.items():
-        expected = (3, 2, 10, 10) if "pattern" in name else (3, 10, 16)
+        expected = (3, 2, 10, 10) if "pattern" in name else () if "reach" in name else (3, 10, 16)
         assert t.shape == expected, name
     _, only = model.run_with_cache(x, names_filter="blocks.1.hook_resid_post")
     assert list(only) == ["blocks.1.hook_resid_post"]

@@ -8,7 +8,7 @@ T = 8
 
 def grads_of_loss_at(model, x, t):
     """d(prediction at t) / d(every hook activation), per layer: {name: (T, d) gradient}."""
-    names = [n for n in model.hook_points() if "pattern" not in n]
+    names = [n for n in model.hook_points() if "pattern" not in n and "reach" not in n]
     out, cache = model.run_with_cache(x, names_filter=names, detach=False)
     grads = torch.autograd.grad(out[0, t].sum(), [cache[n] for n in names], allow_unused=True)
     return {n: (g if g is not None else torch.zeros_like(cache[n]))[0] for n, g in zip(names, grads)}

@@ -50,3 +50,11 @@ def test_markdown_without_baseline_has_no_gap_column():
     recs = [{"grid": "g", "task": "t", "variant": "a", "seed": 0, "status": "ok",
              "headline": {"capability": "c", "signatures": []}, "metrics": {"c": 1.0}}]
     assert "Δ" not in markdown(recs)
+
+
+def test_declared_gap_is_reported_paired_by_seed():
+    head = {"capability": "c", "signatures": [], "gaps": {"myopia gap": ["myopic", "baseline", "h"]}}
+    recs = [{"grid": "g", "task": "t", "variant": v, "seed": s, "status": "ok", "headline": head,
+             "metrics": {"c": 0.0, "h": h}}
+            for v, s, h in [("baseline", 0, 0.1), ("baseline", 1, 0.2), ("myopic", 0, 0.4), ("myopic", 1, 0.7)]]
+    assert "**myopia gap**: h of myopic minus baseline, paired by seed: 0.4000 ± 0.1414 (n=2)" in markdown(recs)
