@@ -169,16 +169,21 @@ def _latest_metrics(folder: Path) -> dict[str, float]:
     return metrics
 
 
-def execute(run: Run, out: Path, threads: int) -> dict:
-    """fit (resuming from the last checkpoint if one exists) then test, in child processes."""
+PHASES = {"fit": ["--ckpt_path", "last"], "test": ["--ckpt_path", "last", "--verbose", "false"]}
+
+
+def execute(run: Run, out: Path, threads: int, phases: tuple[str, ...] = ("fit", "test")) -> dict:
+    """fit (resuming from the last checkpoint if one exists) then test, in child processes.
+    phases=("test",) re-tests a finished run from its last checkpoint, keeping its fit time."""
     folder = run.folder(out)
     folder.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     base = [sys.executable, "-m", "constrained"]
     record = {"grid": run.grid.name, "task": run.grid.task, "variant": run.variant.name, "seed": run.seed,
               "args": run.args(folder), "headline": headline_of(run.grid.base)}
-    times = {}
-    for phase, extra in (("fit", ["--ckpt_path", "last"]), ("test", ["--ckpt_path", "last", "--verbose", "false"])):
+    times = {k: v for k, v in (read_record(folder) or {}).items() if k == "fit_seconds" and "fit" not in phases}
+    for phase in phases:
+        extra = PHASES[phase]
         start = time.time()
         with (folder / f"{phase}.log").open("w") as log:
             proc = subprocess.run([*base, phase, *run.args(folder), *extra], stdout=log, stderr=subprocess.STDOUT,
@@ -194,7 +199,10 @@ def execute(run: Run, out: Path, threads: int) -> dict:
     return record
 
 
-def ablate(grid_path: str, out: str = "runs/ablations", jobs: int = 1, shard: str | None = None) -> int:
+def ablate(grid_path: str, out: str = "runs/ablations", jobs: int = 1, shard: str | None = None,
+           retest: bool = False) -> int:
+    """retest: also re-run the test phase of finished runs (from their last checkpoint), e.g. after a
+    metric was added; their training is not repeated."""
     from tqdm import tqdm
 
     grid = load_grid(grid_path)
@@ -204,12 +212,15 @@ def ablate(grid_path: str, out: str = "runs/ablations", jobs: int = 1, shard: st
     out_dir = Path(out)
     mine = [r for k, r in enumerate(grid.runs()) if k % n == i]
     todo = [r for r in mine if (read_record(r.folder(out_dir)) or {}).get("status") != "ok"]
+    again = [r for r in mine if r not in todo] if retest else []
     print(f"grid {grid.name}: {len(grid.runs())} runs, shard {i}/{n}: {len(mine)}, "
-          f"{len(mine) - len(todo)} already finished, {len(todo)} to run with {jobs} job(s)")
+          f"{len(mine) - len(todo)} already finished, {len(todo)} to run with {jobs} job(s)"
+          + (f", {len(again)} to re-test" if retest else ""))
     threads = max(1, (os.cpu_count() or 1) // jobs)
     start, failed = time.time(), []
-    with ThreadPoolExecutor(max_workers=jobs) as pool, tqdm(total=len(todo), unit="run") as bar:
+    with ThreadPoolExecutor(max_workers=jobs) as pool, tqdm(total=len(todo) + len(again), unit="run") as bar:
         futures = {pool.submit(execute, r, out_dir, threads): r for r in todo}
+        futures.update({pool.submit(execute, r, out_dir, threads, ("test",)): r for r in again})
         for fut in as_completed(futures):
             rec = fut.result()
             bar.set_postfix_str(f"{rec['variant']}/seed{rec['seed']}: {rec['status']}")

@@ -21,7 +21,7 @@ training (LightningCLI; `constrained fit --help` for every option):
   test       e(k) curves and test metrics, written to the run folder (--ckpt_path)
 
 comparisons:
-  ablate GRID.yaml [--jobs J] [--shard I/N] [--out DIR]
+  ablate GRID.yaml [--jobs J] [--shard I/N] [--out DIR] [--retest]
              every variant x seed of a grid: fit, test, one record per run, then the report
   report DIR [DIR ...] [--out OUT]
              merge run records (several shards) into results.csv, report.md and plots
@@ -109,10 +109,12 @@ def ablate_command(rest: list[str]) -> int:
     p.add_argument("grid", help="grid YAML, e.g. configs/ablations/icl_regression.yaml")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel on this machine")
     p.add_argument("--shard", default=None, help="I/N: run only this deterministic share of the grid")
+    p.add_argument("--retest", action="store_true",
+                   help="also re-run the test phase of finished runs from their last checkpoint (new metrics)")
     p.add_argument("--out", default="runs/ablations", help="output folder (default runs/ablations)")
     a = p.parse_args(rest)
     try:
-        return ablate(a.grid, a.out, a.jobs, a.shard)
+        return ablate(a.grid, a.out, a.jobs, a.shard, a.retest)
     except GridError as e:
         print(f"constrained ablate: error: {e}", file=sys.stderr)
         return 2

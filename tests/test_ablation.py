@@ -95,6 +95,15 @@ def test_failing_run_is_recorded_and_the_grid_goes_on(tmp_path):
     assert "FAILED broken/seed0" in (out / "tiny" / "report.md").read_text()
     saved = json.loads((out / "tiny" / "fine" / "seed0" / "result.json").read_text())
     assert saved["args"][:2] == ["--config", "configs/icl_regression/base.yaml"]
+    # --retest re-runs only the test phase of a finished run (new metrics), keeping its training
+    (out / "tiny" / "fine" / "seed0" / "fit.log").write_text("untouched")
+    proc = ablate(grid, out, "--retest")
+    log = proc.communicate(timeout=300)[0]
+    assert "1 to re-test" in log, log[-2000:]
+    again = json.loads((out / "tiny" / "fine" / "seed0" / "result.json").read_text())
+    assert again["status"] == "ok" and again["fit_seconds"] == saved["fit_seconds"]
+    assert (out / "tiny" / "fine" / "seed0" / "fit.log").read_text() == "untouched"
+    assert again["metrics"]["test/e5"] == pytest.approx(saved["metrics"]["test/e5"], rel=1e-5)
 
 
 @pytest.mark.parametrize("change,match", [
