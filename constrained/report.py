@@ -76,7 +76,7 @@ def markdown(records: list[dict]) -> str:
         recs = [r for r in records if r["grid"] == grid]
         ok = [r for r in recs if r["status"] == "ok"]
         headline = headline_for(recs)
-        variants = list(dict.fromkeys(r["variant"] for r in recs))
+        variants = sorted({r["variant"] for r in recs}, key=lambda v: (v != "baseline", v))  # baseline first
         capability = headline.get("capability")
         metrics = [m for m in [capability, *headline.get("signatures", [])] if m]
         lines += [f"## {grid} (task {recs[0]['task']})", ""]
