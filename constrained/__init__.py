@@ -2,8 +2,9 @@
 and measure whether they work."""
 
 from constrained.icl_regression import IclRegression
+from constrained.maze import Maze
 from constrained.precache import Precache
 from constrained.sequence_model import SequenceModel
 from constrained.transformer import Transformer
 
-__all__ = ["IclRegression", "Precache", "SequenceModel", "Transformer"]
+__all__ = ["IclRegression", "Maze", "Precache", "SequenceModel", "Transformer"]

@@ -38,7 +38,7 @@ class SequenceModel(L.LightningModule):
         d_out: int = 1,
         n_ctx: int = 1,
         query_positions: list[int] | None = None,
-        loss: Literal["mse", "huber"] = "mse",
+        loss: Literal["mse", "huber", "cross_entropy"] = "mse",
         penalties: list[Penalty] | None = None,
     ):
         """penalties: terms added to the loss, e.g. [{kind: future_info, weight: 1.0}] (constrained/penalties.py)."""
@@ -71,6 +71,8 @@ class SequenceModel(L.LightningModule):
 
     def task_loss(self, pred: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         mask = batch["loss_mask"]
+        if self.hparams.loss == "cross_entropy":  # pred (B, T, classes), targets (B, T) long class indices
+            return F.cross_entropy(pred[mask], batch["targets"][mask])
         if self.hparams.loss == "huber":
             return F.huber_loss(pred[mask], batch["targets"][mask])
         return F.mse_loss(pred[mask], batch["targets"][mask])
@@ -140,6 +142,9 @@ class SequenceModel(L.LightningModule):
         dm = self.trainer.datamodule
         preds = {split: torch.cat(self._test_preds[i]) for i, split in enumerate(dm.test_splits)}
         metrics = dm.evaluate(preds, Path(self.trainer.default_root_dir))
+        if hasattr(dm, "rollout_metrics"):  # decision tasks: episodes with the model in the loop (eval mode)
+            metrics.update(dm.rollout_metrics(lambda x: self(x.to(self.device)).float().cpu(),
+                                              Path(self.trainer.default_root_dir)))
         test = dm.eval_set("test")
         if hasattr(dm, "probe_targets"):
             control = probes.random_control(self.net, seed=dm.eval_seed)

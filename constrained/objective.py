@@ -1,0 +1,51 @@
+"""The modular model's objective module: a small ReLU MLP that scores a maze state from declared
+features only (agent row, agent column, cheese row, cheese column), small enough to be encoded
+exactly in z3 (proofs/objective.py) and checked over the whole finite state domain.
+
+The features are grid coordinates divided by (grid_size - 1), so they lie in [0, 1]; the spec uses
+`feature_scale` to restate that division exactly. The network is `layers`, an nn.Sequential of
+Linear and ReLU only, ending in a Linear to one score: that is the whole function the spec encodes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+FEATURES = ("agent_row", "agent_col", "cheese_row", "cheese_col")
+
+
+def n_params(hidden: list[int] | tuple[int, ...]) -> int:
+    widths = [len(FEATURES), *hidden, 1]
+    return sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
+
+
+class Objective(nn.Module):
+    """score(agent, cheese) -> (n,); higher is better. max_params bounds the size so that the formal
+    check stays tractable: a config that asks for more is refused before training."""
+
+    def __init__(self, grid_size: int, hidden: list[int] | tuple[int, ...] = (16, 16), max_params: int = 512):
+        super().__init__()
+        hidden = list(hidden)
+        if grid_size < 3 or not hidden or any(h < 1 for h in hidden):
+            raise ValueError(f"objective needs grid_size >= 3 and positive hidden widths, got {grid_size}, {hidden}")
+        if n_params(hidden) > max_params:
+            raise ValueError(f"objective with hidden widths {hidden} has {n_params(hidden)} parameters, more than "
+                             f"objective_max_params = {max_params} (the bound that keeps it formally checkable)")
+        self.grid_size, self.hidden = grid_size, hidden
+        widths = [len(FEATURES), *hidden]
+        mods: list[nn.Module] = []
+        for a, b in zip(widths[:-1], widths[1:]):
+            mods += [nn.Linear(a, b), nn.ReLU()]
+        self.layers = nn.Sequential(*mods, nn.Linear(widths[-1], 1))
+
+    @property
+    def feature_scale(self) -> int:
+        return self.grid_size - 1
+
+    def features(self, agent: torch.Tensor, cheese: torch.Tensor) -> torch.Tensor:
+        """(n, 4) float from agent, cheese (n, 2) long (row, col)."""
+        return torch.cat([agent, cheese], dim=-1).to(self.layers[0].weight.dtype) / self.feature_scale
+
+    def forward(self, agent: torch.Tensor, cheese: torch.Tensor) -> torch.Tensor:
+        return self.layers(self.features(agent, cheese)).squeeze(-1)
