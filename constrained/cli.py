@@ -26,6 +26,10 @@ comparisons:
   report DIR [DIR ...] [--out OUT]
              merge run records (several shards) into results.csv, report.md and plots
   curves RUN_DIR [RUN_DIR ...]   print e(k) of several runs beside least squares and averaging
+
+checks:
+  prove [--spec NAME] [--json] [--timeout-ms N]
+             z3 specs (mask, penalty algebra) and the myopic isolation check; exit 0 only if all proved
 """
 
 TRAINING = ("fit", "validate", "test", "predict")
@@ -133,6 +137,39 @@ def report_command(rest: list[str]) -> int:
     return 0
 
 
+def prove_command(rest: list[str]) -> int:
+    import argparse
+    import json
+
+    from constrained.proofs.result import DEFAULT_TIMEOUT_MS
+    from constrained.proofs.runner import SPECS, run
+
+    p = argparse.ArgumentParser(prog="constrained prove", description="Run the formal specifications.")
+    p.add_argument("--spec", action="append", choices=list(SPECS), help="run only this spec (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--timeout-ms", type=int, default=DEFAULT_TIMEOUT_MS,
+                   help="time limit of each solver query; running out of it is a failure "
+                        f"(default {DEFAULT_TIMEOUT_MS})")
+    a = p.parse_args(rest)
+    results = run(a.spec, a.timeout_ms)
+    if a.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False))
+    else:
+        print(_proof_table(results))
+    return 0 if all(r.proved for r in results) else 1
+
+
+def _proof_table(results) -> str:
+    """spec, result, seconds; under each failure, its claim and counterexample (or the solver's reason)."""
+    lines = [f"{'spec':<14}{'result':<10}{'seconds':>8}"]
+    for r in results:
+        lines.append(f"{r.spec:<14}{r.status:<10}{r.seconds:>8.2f}")
+        if not r.proved:
+            why = ", ".join(f"{k}={v}" for k, v in r.counterexample.items()) or r.reason
+            lines.append(f"  {r.claim}: {why}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -145,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         return ablate_command(rest)
     elif command == "report":
         return report_command(rest)
+    elif command == "prove":
+        return prove_command(rest)
     elif command == "curves":
         if not rest:
             raise SystemExit("usage: constrained curves RUN_DIR [RUN_DIR ...]")
