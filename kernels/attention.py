@@ -21,6 +21,7 @@ import numbers
 import types
 
 import torch
+from constrained.proofs import formulas
 
 from constrained.mask import attends
 
@@ -546,7 +547,7 @@ def _block_d(head_dim: int) -> int:
 def reach_weights(T: int, reach_h: float, device=None, dtype=torch.float32) -> torch.Tensor:
     """(T, T) weights w_ij = max(0, i - j - h) / T: excess distance beyond the soft horizon."""
     pos = torch.arange(T, device=device, dtype=dtype)
-    return (pos[:, None] - pos[None, :] - reach_h).clamp(min=0) / T
+    return formulas.reach_weight(pos[:, None], pos[None, :], T, reach_h, lambda x: x.clamp(min=0))  # (T, T)
 
 
 def reach_from_pattern(pattern: torch.Tensor, reach_h: float) -> torch.Tensor:
@@ -554,7 +555,7 @@ def reach_from_pattern(pattern: torch.Tensor, reach_h: float) -> torch.Tensor:
     Σ_j A_ij · max(0, i - j - h) / T."""
     T = pattern.shape[-1]
     w = reach_weights(T, reach_h, pattern.device, _row_dtype(pattern.dtype))
-    return (pattern * w).sum(-1).mean()
+    return formulas.reach_rows(pattern, w).mean()
 
 
 def attention_reference(q, k, v, horizon=None, myopic=False, reach_h=None, is_query=None, k_past=None,

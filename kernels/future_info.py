@@ -41,6 +41,7 @@ import math
 from typing import NamedTuple
 
 import torch
+from constrained.proofs import formulas
 
 try:
     import triton
@@ -322,13 +323,16 @@ def _ridge_r2(chh: torch.Tensor, chz: torch.Tensor, tzz: torch.Tensor, eps0: flo
     """
     d = chh.shape[0]
     eps = (eps0 * chh.detach().diagonal().mean()).clamp_min(0) + torch.finfo(chh.dtype).tiny
-    a = chh + eps * torch.eye(d, dtype=chh.dtype, device=chh.device)
-    # solve_ex: no error check, hence no host sync on CUDA; A is positive definite whenever eps0 > 0.
-    m = torch.linalg.solve_ex(a, chz)[0]  # (d, dz)
-    num = (chz * m).sum()  # tr(Chzᵀ A⁻¹ Chz)
+    eye = torch.eye(d, dtype=chh.dtype, device=chh.device)
+
+    def solve(c_hh, c_hz):  # (Chh + εI)⁻¹ Chz, (d, dz)
+        # solve_ex: no error check, hence no host sync on CUDA; positive definite whenever eps0 > 0.
+        return torch.linalg.solve_ex(c_hh + eps * eye, c_hz)[0]
+
     pos = tzz > 0
-    r2 = torch.where(pos, num / torch.where(pos, tzz, torch.ones_like(tzz)), torch.zeros_like(num))
-    return r2, m
+    # the formula the penalty_algebra spec proves; the guarded denominator only avoids 0/0
+    r2, m = formulas.ridge_r2(chh, chz, torch.where(pos, tzz, torch.ones_like(tzz)), solve)
+    return torch.where(pos, r2, torch.zeros_like(r2)), m
 
 
 def future_info_reference(h: torch.Tensor, z: torch.Tensor, eps0: float = 1e-3) -> torch.Tensor:
@@ -346,8 +350,7 @@ def future_info_reference(h: torch.Tensor, z: torch.Tensor, eps0: float = 1e-3) 
         # Shift by the first row before centring, as the kernel does: same value, less cancellation.
         hs = h2.to(acc) - h2[:1].detach().to(acc)  # (N, d)
         zs = z2.to(acc) - z2[:1].detach().to(acc)  # (N, dz)
-        hc = hs - hs.mean(0, keepdim=True)
-        zc = zs - zs.mean(0, keepdim=True)
+        hc, zc = formulas.centre(hs), formulas.centre(zs)
         r2, _ = _ridge_r2(hc.mT @ hc, hc.mT @ zc, zc.square().sum(), eps0)
     return r2
 
