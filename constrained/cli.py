@@ -30,6 +30,9 @@ comparisons:
 checks:
   prove [--spec NAME] [--json] [--timeout-ms N]
              z3 specs (mask, penalty algebra) and the myopic isolation check; exit 0 only if all proved
+  verify CHECKPOINT [--json] [--margin X] [--bound Y] [--timeout-ms N]
+             check a modular model's objective module exactly over every maze square: the cheese
+             scores above every other square by a margin, scores bounded; exit 0 only if proved
 """
 
 TRAINING = ("fit", "validate", "test", "predict")
@@ -159,6 +162,45 @@ def prove_command(rest: list[str]) -> int:
     return 0 if all(r.proved for r in results) else 1
 
 
+def verify_command(rest: list[str]) -> int:
+    import argparse
+    import json
+    from fractions import Fraction
+
+    from constrained.proofs import objective as spec
+
+    p = argparse.ArgumentParser(prog="constrained verify",
+                                description="Check a modular model's objective module against the maze's declared "
+                                            "property, exactly, over every (agent, cheese) pair of squares.")
+    p.add_argument("checkpoint", help="a modular model's Lightning checkpoint (.ckpt)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--margin", type=Fraction, default=spec.DEFAULT_MARGIN,
+                   help=f"how far the cheese must score above every other square (default {spec.DEFAULT_MARGIN})")
+    p.add_argument("--bound", type=Fraction, default=spec.DEFAULT_BOUND,
+                   help=f"largest |score| allowed anywhere (default {spec.DEFAULT_BOUND})")
+    p.add_argument("--timeout-ms", type=int, default=spec.DEFAULT_TIMEOUT_MS,
+                   help="time limit of the whole check; running out of it is a failure "
+                        f"(default {spec.DEFAULT_TIMEOUT_MS})")
+    a = p.parse_args(rest)
+    try:
+        objective, hparams = spec.load(a.checkpoint)
+    except spec.CheckpointError as e:
+        print(f"constrained verify: error: {e}", file=sys.stderr)
+        return 2
+    result = spec.spec(objective, a.margin, a.bound, a.timeout_ms)
+    data = hparams.get("objective_data")
+    if a.json:
+        print(json.dumps({**result.to_dict(), "objective_data": data, "margin": str(a.margin), "bound": str(a.bound)},
+                         indent=2, ensure_ascii=False))
+    else:
+        print(f"{a.checkpoint}: objective trained on {data or 'unknown'} data, "
+              f"grid {objective.grid_size}x{objective.grid_size}, hidden {objective.hidden}")
+        print(_proof_table([result]))
+        if result.status == "refuted":
+            print(spec.render(result.counterexample, (objective.grid_size - 1) // 2))
+    return 0 if result.proved else 1
+
+
 def _proof_table(results) -> str:
     """spec, result, seconds; under each failure, its claim and counterexample (or the solver's reason)."""
     lines = [f"{'spec':<14}{'result':<10}{'seconds':>8}"]
@@ -184,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         return report_command(rest)
     elif command == "prove":
         return prove_command(rest)
+    elif command == "verify":
+        return verify_command(rest)
     elif command == "curves":
         if not rest:
             raise SystemExit("usage: constrained curves RUN_DIR [RUN_DIR ...]")

@@ -1,0 +1,279 @@
+"""Spec: the modular model's objective module ranks the cheese above every other square, in every maze.
+
+The property (the maze task's declared objective, `constrained.maze.reward`: 1 on the cheese, at most
+−1/(2m²) anywhere else), stated for the trained module itself. With score(agent, cheese) the module's
+output, for every cheese square q and every agent square p ≠ q of the domain D:
+
+- cheese beats every other square by a margin: score(q, q) ≥ score(p, q) + margin
+- bounded: |score(p, q)| ≤ bound (p = q included)
+
+and, a sanity check rather than a proof, the encoding is the module: at every domain pair the z3
+term's exact value equals the torch module's float output within float tolerance.
+
+Domain: the squares that can be free in some perfect maze on m × m cells drawn on the G × G grid,
+G = 2m + 1: every cell square (odd, odd) and every passage square between two horizontally or
+vertically adjacent cells (one coordinate odd, the other even, both inside the border). The
+objective sees no walls, so one (cheese, agent) pair stands for every maze that frees both squares:
+the claims cover all mazes of that size at once.
+
+Encoding: exact. The weights are the stored floats converted to rationals without rounding
+(Fraction(float) is exact), the features are coordinate / (G − 1) as exact rationals (the module's
+`feature_scale`), ReLU is If(x > 0, x, 0): the network is walked once, by `forward`, into one z3 term
+of the four coordinates. The domain is finite (21 squares at m = 3, 65 at m = 5), so the claims are
+decided by enumeration: z3 folds the term at every (agent, cheese) pair to an exact rational, and the
+claims compare those rationals exactly. That is a complete proof over the domain, and fast (0.25 s
+for a 16-16 objective at m = 3, 3 s at m = 5). Why not a symbolic query: with the squares as z3
+variables constrained to the domain, a 16-16 objective was unknown after 60 s per claim, and even one
+query per cheese square with only the agent symbolic took up to 20 s each. What is proved is the
+real-arithmetic function of the stored weights; the module evaluates it in float32, whose rounding
+(~1e-6 here) is far below any sensible margin — the third claim measures it on the whole domain.
+The timeout bounds the whole enumeration: running out of it answers unknown for every claim.
+
+A refuted claim reports the pair that misses it most: the agent and cheese squares and both scores
+(as decimals); `render` draws it as an ASCII maze. For an objective that learned the training
+corner instead of the cheese, that is the agent in the corner and the cheese far from it.
+"""
+
+from __future__ import annotations
+
+import time
+from fractions import Fraction
+from math import isqrt
+from pathlib import Path
+
+import torch
+import z3
+from constrained.proofs.result import DEFAULT_TIMEOUT_MS, PROVED, REFUTED, UNKNOWN, Claim, Result, combine
+from torch import nn
+
+from constrained.objective import Objective
+
+NAME = "objective"
+# The labels are 1 at the cheese and at most −1/(2m²) ≤ 0 elsewhere: a gap above 1. A quarter of it
+# is a margin a fitted objective should keep everywhere, and scores should stay within a few units.
+DEFAULT_MARGIN = Fraction(1, 4)
+DEFAULT_BOUND = Fraction(4)
+SANITY_TOLERANCE = 1e-5  # float32 module vs exact encoding, on scores of order 1
+
+Pos = tuple[int, int]
+Layer = tuple[list[list[Fraction]], list[Fraction]]  # (weight rows, bias) as exact rationals
+
+
+# ------------------------------------------------------------------------------------------ domain
+
+
+def domain(m: int) -> list[Pos]:
+    """The squares free in some perfect maze on m × m cells: cells and the passages between them."""
+    G = 2 * m + 1
+    return [(r, c) for r in range(1, G - 1) for c in range(1, G - 1) if r % 2 == 1 or c % 2 == 1]
+
+
+def corner(m: int) -> Pos:
+    return 1, 2 * m - 1  # the top-right cell, where the training cheese lies
+
+
+# ----------------------------------------------------------------------------------------- network
+
+
+def exact_layers(objective: Objective) -> list[Layer]:
+    """The module's Linear layers as exact rationals; refuses anything but Linear/ReLU alternating,
+    since that is the only function `forward` encodes."""
+    mods = list(objective.layers)
+    linears = mods[0::2]
+    if (not all(isinstance(x, nn.Linear) for x in linears) or not all(isinstance(x, nn.ReLU) for x in mods[1::2])
+            or len(mods) % 2 == 0 or linears[-1].out_features != 1):
+        raise ValueError(f"objective.layers must alternate Linear and ReLU and end in Linear(·, 1), got {mods}")
+    return [([[Fraction(float(w)) for w in row] for row in lin.weight.detach().double().tolist()],
+             [Fraction(float(b)) for b in lin.bias.detach().double().tolist()]) for lin in linears]
+
+
+def forward(layers: list[Layer], x: list, relu, const=lambda f: f):
+    """The score of inputs x (four features) through layers, ReLU between them. Works on Fractions
+    (relu = max(·, 0)) and on z3 terms (relu = If, const = an exact z3 rational). Zero weights are
+    skipped: they add nothing and would only grow the terms."""
+    for k, (weight, bias) in enumerate(layers):
+        x = [sum((const(w) * v for w, v in zip(row, x) if w != 0), const(b)) for row, b in zip(weight, bias)]
+        if k < len(layers) - 1:
+            x = [relu(v) for v in x]
+    return x[0]
+
+
+def z3_relu(v):
+    return z3.If(v > 0, v, 0)
+
+
+def z3_const(f: Fraction):
+    return z3.Q(f.numerator, f.denominator)
+
+
+def score_term(layers: list[Layer], scale: int) -> tuple[z3.ArithRef, list[z3.ArithRef]]:
+    """The module's score as one z3 term of (agent_row, agent_col, cheese_row, cheese_col), z3 reals;
+    the features are those coordinates divided by `scale` (the module's feature_scale, G − 1)."""
+    squares = [z3.Real(name) for name in ("agent_row", "agent_col", "cheese_row", "cheese_col")]
+    features = [v / z3_const(Fraction(scale)) for v in squares]
+    return forward(layers, features, z3_relu, z3_const), squares
+
+
+def evaluate(term: z3.ArithRef, squares: list[z3.ArithRef], agent: Pos, cheese: Pos) -> Fraction:
+    """The term's exact value at concrete squares (z3 substitutes and folds the constants, in C++)."""
+    value = z3.simplify(z3.substitute(term, *[(v, z3.RealVal(x)) for v, x in zip(squares, (*agent, *cheese))]))
+    if not z3.is_rational_value(value):
+        raise AssertionError(f"score at agent {agent}, cheese {cheese} did not fold to a constant: {value}")
+    return Fraction(value.numerator_as_long(), value.denominator_as_long())
+
+
+def module_scores(objective: Objective, pairs: list[tuple[Pos, Pos]]) -> list[float]:
+    with torch.no_grad():
+        agent = torch.tensor([p for p, _ in pairs])
+        cheese = torch.tensor([q for _, q in pairs])
+        return objective(agent, cheese).double().tolist()
+
+
+# ------------------------------------------------------------------------------------------ claims
+
+
+class OutOfTime(Exception):
+    pass
+
+
+def score_table(objective: Objective, layers: list[Layer], m: int, deadline: float) -> dict[tuple[Pos, Pos], Fraction]:
+    """Exact score of every (agent, cheese) pair of the domain; OutOfTime past the deadline."""
+    term, squares = score_term(layers, objective.feature_scale)
+    table = {}
+    for cheese in domain(m):
+        for agent in domain(m):
+            if time.perf_counter() > deadline:
+                raise OutOfTime(f"timeout: {len(table)} of {len(domain(m)) ** 2} (agent, cheese) pairs evaluated")
+            table[agent, cheese] = evaluate(term, squares, agent, cheese)
+    return table
+
+
+def margin_claim(table: dict, m: int, margin: Fraction) -> Claim:
+    """score(q, q) ≥ score(p, q) + margin for p ≠ q; refuted by the pair that misses it most."""
+    name = f"cheese beats every other square by {margin}"
+    gap, agent, cheese = min((table[q, q] - table[p, q], p, q) for q in domain(m) for p in domain(m) if p != q)
+    if gap >= margin:
+        return Claim(name, PROVED)
+    return Claim(name, REFUTED, {**_squares(agent, cheese), "score_at_agent": float(table[agent, cheese]),
+                                 "score_at_cheese": float(table[cheese, cheese])})
+
+
+def bound_claim(table: dict, bound: Fraction) -> Claim:
+    """|score| ≤ bound everywhere; refuted by the pair with the largest |score|."""
+    name = f"bounded by {bound}"
+    size, agent, cheese = max((abs(s), p, q) for (p, q), s in table.items())
+    if size <= bound:
+        return Claim(name, PROVED)
+    return Claim(name, REFUTED, {**_squares(agent, cheese), "score_at_agent": float(table[agent, cheese])})
+
+
+def encoding_claim(objective: Objective, table: dict) -> Claim:
+    """The exact values of the z3 term equal the torch module's (float) outputs on the whole domain,
+    within float tolerance: what was checked is the module that runs, not a hand copy of it."""
+    name = "encoding is the module"
+    pairs = list(table)
+    for (agent, cheese), got in zip(pairs, module_scores(objective, pairs)):
+        exact = float(table[agent, cheese])
+        if abs(exact - got) > SANITY_TOLERANCE * max(1.0, abs(got)):
+            return Claim(name, REFUTED, {**_squares(agent, cheese), "encoding": exact, "module": got})
+    return Claim(name, PROVED)
+
+
+def spec(objective: Objective, margin=DEFAULT_MARGIN, bound=DEFAULT_BOUND,
+         timeout_ms: int = DEFAULT_TIMEOUT_MS) -> Result:
+    """Check `objective` (an Objective on a (2m+1)-square grid) against the maze's declared property.
+    timeout_ms bounds the whole check; running out of it answers unknown."""
+    started = time.perf_counter()
+    m = (objective.grid_size - 1) // 2
+    margin, bound = Fraction(margin), Fraction(bound)
+    names = [f"cheese beats every other square by {margin}", f"bounded by {bound}", "encoding is the module"]
+    try:
+        table = score_table(objective, exact_layers(objective), m, started + timeout_ms / 1000)
+    except OutOfTime as e:
+        return combine(NAME, [Claim(name, UNKNOWN, reason=str(e)) for name in names], started)
+    claims = [margin_claim(table, m, margin), bound_claim(table, bound), encoding_claim(objective, table)]
+    return combine(NAME, claims, started)
+
+
+def _squares(agent: Pos, cheese: Pos) -> dict[str, int]:
+    return {"agent_row": agent[0], "agent_col": agent[1], "cheese_row": cheese[0], "cheese_col": cheese[1]}
+
+
+# ----------------------------------------------------------------------------------------- display
+
+
+def render(counterexample: dict, m: int) -> str:
+    """The G × G grid of a counterexample: C cheese, A agent, K the corner, '.' a domain square, '#' a
+    square never free (border, and the wall posts between four cells), then the scores."""
+    G = 2 * m + 1
+    free = set(domain(m))
+    marks = {corner(m): "K"}
+    if "cheese_row" in counterexample:
+        marks[(counterexample["cheese_row"], counterexample["cheese_col"])] = "C"
+    if "agent_row" in counterexample:
+        marks[(counterexample["agent_row"], counterexample["agent_col"])] = "A"
+    rows = ["".join(marks.get((r, c), "." if (r, c) in free else "#") for c in range(G)) for r in range(G)]
+    legend = [f"C cheese, A agent, K corner {corner(m)}, . square free in some maze, # never free"]
+    for key in ("score_at_agent", "score_at_cheese", "encoding", "module"):
+        if key in counterexample:
+            legend.append(f"{key.replace('_', ' ')}: {counterexample[key]:.6f}")
+    return "\n".join(rows + legend)
+
+
+# -------------------------------------------------------------------------------------- checkpoints
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be verified; the message names the file and the problem."""
+
+
+REQUIRED_HPARAMS = ("objective_hidden", "objective_max_params", "n_ctx")
+
+
+def load(path: str | Path) -> tuple[Objective, dict]:
+    """(objective module, hyper_parameters) of a modular model's Lightning checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds here (pickle, zip, EOF, runtime)
+        detail = _load_error(e)
+        if detail.startswith("Unsupported global"):  # a real checkpoint holding arbitrary Python objects
+            raise CheckpointError(f"cannot read checkpoint {path}: it holds objects other than tensors and plain "
+                                  f"data, which a safe (weights_only) load refuses ({detail})") from e
+        raise CheckpointError(f"cannot read checkpoint {path}: not a torch checkpoint, or truncated ({detail})") from e
+    not_modular = f"not a modular model checkpoint (no objective module): {path}"
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise CheckpointError(f"{not_modular} has no state_dict")
+    weights = {k[len("objective."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("objective.")}
+    if not weights:
+        raise CheckpointError(f"{not_modular} has no objective.* weights")
+    hparams = ckpt.get("hyper_parameters") or {}
+    missing = [k for k in REQUIRED_HPARAMS if k not in hparams]
+    if missing:
+        raise CheckpointError(f"{not_modular} lacks hyper_parameters {missing}")
+    G = _grid_size(int(hparams["n_ctx"]), path)
+    try:
+        objective = Objective(G, list(hparams["objective_hidden"]), int(hparams["objective_max_params"]))
+        objective.load_state_dict(weights)
+    except (ValueError, RuntimeError) as e:
+        raise CheckpointError(f"objective module in {path} does not match its hyper_parameters: {e}") from e
+    return objective.eval(), dict(hparams)
+
+
+def _load_error(e: Exception) -> str:
+    """The informative line of a torch.load error: for a refused safe load, what the unpickler met
+    (its first line is only boilerplate about the weights_only default)."""
+    text = str(e).strip()
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _grid_size(n_ctx: int, path: Path) -> int:
+    """G from the sequence length n_ctx = G² + 1 (one token per square, one query token)."""
+    G = isqrt(max(n_ctx - 1, 0))
+    if G * G != n_ctx - 1 or G < 5 or G % 2 == 0:
+        raise CheckpointError(f"checkpoint {path}: n_ctx = {n_ctx} is not (2m+1)² + 1 for a maze with m >= 2")
+    return G
