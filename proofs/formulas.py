@@ -2,8 +2,10 @@
 
 Each function uses only + − × /, @, .mT, .sum and .mean, so it runs on torch tensors and on
 `algebra.Mat` of z3 terms or dual numbers. The specs in penalty_algebra.py evaluate these very
-functions; tests/test_proofs.py checks that, on tensors, they agree with the kernels' PyTorch
-references (kernels/future_info.py, kernels/attention.py). The kernels do not call them yet.
+functions, and the kernels' PyTorch references (kernels/future_info.py: centring and R²;
+kernels/attention.py: reach weights and rows) compute through them; tests/test_proofs.py checks the
+analytic backwards against autograd of those references. The Triton kernels restate the same
+arithmetic in their own language; tests compare them with the references.
 """
 
 from __future__ import annotations
