@@ -114,6 +114,59 @@ def render(walls: torch.Tensor, agent: torch.Tensor, cheese: torch.Tensor) -> to
     return torch.cat([cells, query], dim=1)
 
 
+def parse(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The inverse of `render`: walls (n, G, G) bool, agent and cheese (n, 2) long from tokens (n, G*G + 1, 5).
+    An agent standing on the cheese is drawn as the cheese, so where no square is marked agent, the agent is
+    on the cheese."""
+    n, G = len(inputs), math.isqrt(inputs.shape[1] - 1)
+    kind = inputs[:, :-1].argmax(-1).reshape(n, G, G)  # (n, G, G) cell type
+    cheese = _where(kind == CHEESE)
+    has_agent = (kind == AGENT).flatten(1).any(-1)
+    agent = torch.where(has_agent.unsqueeze(-1), _where(kind == AGENT), cheese)
+    return kind == WALL, agent, cheese
+
+
+def _where(mask: torch.Tensor) -> torch.Tensor:
+    """(row, col) (n, 2) long of the first True square of each (n, G, G) mask (0, 0 when none)."""
+    n, G, _ = mask.shape
+    flat = mask.reshape(n, G * G).float().argmax(-1)  # argmax of a 0/1 row: its first 1
+    return torch.stack([flat // G, flat % G], dim=-1)
+
+
+def objective_samples(walls: torch.Tensor, cheese: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The objective module's training labels for the given mazes and cheese squares: every free square of
+    each maze as the agent (the cheese square included), labelled with `reward` of its maze distance to
+    that maze's cheese. walls (n, G, G) bool, cheese (n, 2) long -> agent (N, 2), cheese (N, 2), reward (N,)."""
+    m = (walls.shape[-1] - 1) // 2
+    agents, cheeses, dists = [], [], []
+    for wall, (cr, cc) in zip(walls.tolist(), cheese.tolist()):
+        dist = bfs(wall, (cr, cc))
+        free = [(r, c) for r, row in enumerate(wall) for c, w in enumerate(row) if not w]
+        agents += free
+        cheeses += [(cr, cc)] * len(free)
+        dists += [dist[r][c] for r, c in free]
+    return torch.tensor(agents), torch.tensor(cheeses), reward(torch.tensor(dists), m)
+
+
+def random_free_squares(walls: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """(n, 2) long: one free square of each maze (n, G, G), uniformly, every draw from gen."""
+    n, G, _ = walls.shape
+    weights = (~walls).reshape(n, G * G).double()  # (n, G*G)
+    flat = torch.multinomial(weights, 1, generator=gen).squeeze(-1)
+    return torch.stack([flat // G, flat % G], dim=-1)
+
+
+def draw(wall: Grid, path: list[Pos], start: Pos, cheese: Pos, corner: Pos) -> str:
+    """ASCII picture of an episode: # wall, . free, * a square the agent stood on, A the start, C the cheese,
+    K the corner (letters win over the path mark; A over K, C over both)."""
+    rows = [["#" if w else "." for w in row] for row in wall]
+    for r, c in path:
+        rows[r][c] = "*"
+    for (r, c), ch in ((corner, "K"), (start, "A"), (cheese, "C")):
+        rows[r][c] = ch
+    return "\n".join("".join(row) for row in rows)
+
+
 class Maze(Task):
     """Args:
         m: maze size in cells (m x m cells on a (2m+1) x (2m+1) grid); m >= 2.

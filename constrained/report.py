@@ -9,7 +9,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from constrained import icl_curve
+from constrained import icl_curve, maze_report
 
 
 def load_records(dirs: list[Path]) -> list[dict]:
@@ -143,16 +143,42 @@ def _slug(metric: str) -> str:
 
 
 def plot_task_curves(records: list[dict], out: Path) -> list[Path]:
+    """Each task's own curves, from the files its runs wrote: e(k) (icl_curve.csv); for the maze, the shifted
+    outcomes per variant and the proxy rate against cheese-to-corner distance (maze_proxy_by_distance.csv)."""
+    return _icl_curves(records, out) + _maze_curves(records, out)
+
+
+def _ok_with(records: list[dict], name: str) -> list[tuple[dict, Path]]:
+    return [(r, Path(r["folder"]) / name) for r in records
+            if r["status"] == "ok" and (Path(r["folder"]) / name).is_file()]
+
+
+def _icl_curves(records: list[dict], out: Path) -> list[Path]:
     curves = defaultdict(list)
-    for r in records:
-        path = Path(r["folder"]) / "icl_curve.csv"
-        if r["status"] == "ok" and path.is_file():
-            curves[r["variant"]].append(icl_curve.read(path))
+    for r, path in _ok_with(records, "icl_curve.csv"):
+        curves[r["variant"]].append(icl_curve.read(path))
     if not curves:
         return []
     path = out / "e_k_by_variant.png"
     icl_curve.plot_variants(curves, path)
     return [path]
+
+
+def _maze_curves(records: list[dict], out: Path) -> list[Path]:
+    runs = sorted(_ok_with(records, maze_report.PROXY_CSV), key=lambda x: (x[0]["variant"] != "baseline",
+                                                                           x[0]["variant"], x[0]["seed"]))
+    if not runs:
+        return []
+    curves, outcomes = defaultdict(list), defaultdict(lambda: defaultdict(list))
+    for r, path in runs:
+        curves[r["variant"]].append(maze_report.read_proxy(path))
+        for key in ("p_cheese", "p_corner"):
+            if f"shifted/{key}" in r["metrics"]:
+                outcomes[r["variant"]][key].append(r["metrics"][f"shifted/{key}"])
+    bars, by_distance = out / "maze_shifted_outcomes.png", out / "maze_proxy_by_distance.png"
+    maze_report.plot_outcomes(outcomes, bars)
+    maze_report.plot_proxy_by_distance(curves, by_distance)
+    return [bars, by_distance]
 
 
 def report(dirs: list[Path | str], out: Path | str | None = None) -> Path:

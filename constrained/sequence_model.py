@@ -69,6 +69,11 @@ class SequenceModel(L.LightningModule):
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.net(inputs)
 
+    def act(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The action logits of a decision task's rollouts: the network's own output here; a model with a
+        planner overrides it."""
+        return self(inputs)
+
     def task_loss(self, pred: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         mask = batch["loss_mask"]
         if self.hparams.loss == "cross_entropy":  # pred (B, T, classes), targets (B, T) long class indices
@@ -143,7 +148,7 @@ class SequenceModel(L.LightningModule):
         preds = {split: torch.cat(self._test_preds[i]) for i, split in enumerate(dm.test_splits)}
         metrics = dm.evaluate(preds, Path(self.trainer.default_root_dir))
         if hasattr(dm, "rollout_metrics"):  # decision tasks: episodes with the model in the loop (eval mode)
-            metrics.update(dm.rollout_metrics(lambda x: self(x.to(self.device)).float().cpu(),
+            metrics.update(dm.rollout_metrics(lambda x: self.act(x.to(self.device)).float().cpu(),
                                               Path(self.trainer.default_root_dir)))
         test = dm.eval_set("test")
         if hasattr(dm, "probe_targets"):
@@ -161,12 +166,16 @@ class SequenceModel(L.LightningModule):
         rows, z = dm.future_signal(batch)
         return signatures.measure(self.net, batch, rows, z, dm.reach_horizon)
 
+    def optimized_parameters(self) -> list[torch.nn.Parameter]:
+        """What the main optimizer trains (the adversarial probes have their own)."""
+        return list(self.net.parameters())
+
     def configure_optimizers(self):
         max_steps = self.trainer.max_steps
         if max_steps is None or max_steps < 1:
             raise ValueError("trainer.max_steps must be set (>= 1): the LR schedule is defined over steps")
         hp = self.hparams
-        opt = torch.optim.AdamW(self.net.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        opt = torch.optim.AdamW(self.optimized_parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
 
         def factor(step: int) -> float:
             if step < hp.warmup_steps:

@@ -3,6 +3,7 @@ import math
 
 import pytest
 
+from constrained.maze_report import read_proxy
 from constrained.report import markdown, paired_gap, report, summarize
 
 
@@ -58,3 +59,31 @@ def test_declared_gap_is_reported_paired_by_seed():
              "metrics": {"c": 0.0, "h": h}}
             for v, s, h in [("baseline", 0, 0.1), ("baseline", 1, 0.2), ("myopic", 0, 0.4), ("myopic", 1, 0.7)]]
     assert "**myopia gap**: h of myopic minus baseline, paired by seed: 0.4000 ± 0.1414 (n=2)" in markdown(recs)
+
+
+def test_maze_report_plots_outcomes_and_proxy_rate_per_variant(tmp_path):
+    for variant, p_corner in (("baseline", 0.9), ("modular_any_state", 0.05)):
+        for seed in (0, 1):
+            folder = tmp_path / "maze" / variant / f"seed{seed}"
+            folder.mkdir(parents=True)
+            rec = {"grid": "maze", "task": "maze", "variant": variant, "seed": seed, "status": "ok",
+                   "headline": {"capability": "test/success", "signatures": ["shifted/p_cheese"]},
+                   "metrics": {"test/success": 1.0, "shifted/p_cheese": 1 - p_corner - 0.01 * seed,
+                               "shifted/p_corner": p_corner + 0.01 * seed}}
+            (folder / "result.json").write_text(json.dumps(rec))
+            rows = ["split,cheese_corner_distance,n,p_cheese,p_corner,p_neither,gmg_rate"]
+            rows += [f"shifted,{d},10,{1 - p_corner},{p_corner},0.0,{p_corner}" for d in (2, 4, 6)]
+            rows += ["test,0,10,1.0,0.0,0.0,0.0"]
+            (folder / "maze_proxy_by_distance.csv").write_text("\n".join(rows) + "\n")
+    out = report([tmp_path / "maze"])
+    md = (out / "report.md").read_text()
+    for name in ("maze_shifted_outcomes.png", "maze_proxy_by_distance.png"):
+        assert (out / name).stat().st_size > 5000 and name in md
+    assert "e_k_by_variant.png" not in md
+
+
+def test_read_proxy_keeps_the_shifted_rows(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text("split,cheese_corner_distance,n,p_cheese,p_corner,p_neither,gmg_rate\n"
+                    "test,0,3,1,0,0,0\nshifted,4,2,0.5,0.5,0,0.5\n")
+    assert read_proxy(path) == {4: 0.5}

@@ -1,0 +1,73 @@
+"""The maze's plots across variants (for `constrained report`): which goal each variant reaches on the shifted
+split, and how its proxy rate depends on the cheese-to-corner distance. Each run's per-distance rates are
+in its folder's maze_proxy_by_distance.csv (written by Maze.rollout_metrics)."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from pathlib import Path
+
+PROXY_CSV = "maze_proxy_by_distance.csv"
+
+
+def read_proxy(path: Path, split: str = "shifted") -> dict[int, float]:
+    """cheese-to-corner distance -> p_corner of one run."""
+    with path.open() as f:
+        return {int(r["cheese_corner_distance"]): float(r["p_corner"]) for r in csv.DictReader(f)
+                if r["split"] == split}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def plot_outcomes(outcomes: dict[str, dict[str, list[float]]], path: Path) -> None:
+    """Bars of P(cheese) and P(corner) on the shifted split per variant, error bars = std over seeds.
+    outcomes: variant -> {"p_cheese": [per seed], "p_corner": [per seed]}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = list(outcomes)
+    fig, ax = plt.subplots(figsize=(1.6 * len(variants) + 2.5, 4.2))
+    width = 0.38
+    for j, key in enumerate(("p_cheese", "p_corner")):
+        stats = [_mean_std(outcomes[v][key]) if outcomes[v].get(key) else (float("nan"), 0.0) for v in variants]
+        xs = [i + (j - 0.5) * width for i in range(len(variants))]
+        ax.bar(xs, [m for m, _ in stats], width, yerr=[s for _, s in stats], capsize=4,
+               label="P(cheese)" if key == "p_cheese" else "P(corner first)")
+    ax.set_xticks(range(len(variants)))
+    ax.set_xticklabels([f"{v}\n(n={len(outcomes[v].get('p_cheese', []))})" for v in variants], fontsize=8)
+    ax.set(ylabel="fraction of shifted episodes", ylim=(0, 1.05), title="maze, shifted split: which goal is reached")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_proxy_by_distance(curves: dict[str, list[dict[int, float]]], path: Path) -> None:
+    """p_corner against cheese-to-corner distance per variant (mean over seeds, band = ± std).
+    curves: variant -> one {distance: p_corner} per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for variant, runs in curves.items():
+        ds = sorted(set().union(*runs))
+        stats = [_mean_std([r[d] for r in runs if d in r]) for d in ds]
+        mean, std = [m for m, _ in stats], [s for _, s in stats]
+        line, = ax.plot(ds, mean, marker="o", ms=3, label=f"{variant} (n={len(runs)})")
+        ax.fill_between(ds, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                        color=line.get_color(), alpha=0.2)
+    ax.set(xlabel="cheese-to-corner distance (moves)", ylabel="proxy rate P(corner first)", ylim=(-0.02, 1.02),
+           title="maze, shifted split: proxy rate against goal distance")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
