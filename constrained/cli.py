@@ -29,7 +29,7 @@ comparisons:
 
 checks:
   prove [--spec NAME] [--json] [--timeout-ms N]
-             z3 specs (mask, penalty algebra) and the myopic isolation check; exit 0 only if all proved
+             z3 specs (mask, penalty algebra) and the myopic and modular isolation checks; exit 0 only if all proved
   verify CHECKPOINT [--json] [--margin X] [--bound Y] [--timeout-ms N]
              check a modular model's objective module exactly over every maze square: the cheese
              scores above every other square by a margin, scores bounded; exit 0 only if proved

@@ -214,3 +214,24 @@ def test_refuted_result_serializes_exact_values():
     data = json.loads(json.dumps(result.to_dict()))
     assert data["status"] == REFUTED and all(Fraction(v) == result.counterexample[k]
                                               for k, v in data["counterexample"].items())
+
+
+def test_isolation_covers_the_modular_model():
+    result = isolation.spec(models={})
+    assert_proved(result)
+    assert any(name.startswith("modular:") for name in result.claims)
+
+
+def test_isolation_refuted_when_the_policy_reads_the_objective():
+    from constrained.modular import ModularModel
+
+    class Leaky(ModularModel):  # the policy's loss sees the objective's score: a path the spec must find
+        def loss_terms(self, batch):
+            terms = super().loss_terms(batch)
+            terms["task"] = terms["task"] + self.objective(batch["agent"], batch["cheese"]).mean()
+            return terms
+
+    result = isolation.spec(models={}, modular=isolation.build_modular(Leaky))
+    assert result.status == "refuted"
+    assert result.claims["modular: policy loss has no path into the objective"] == "refuted"
+    assert result.counterexample == {"term": "task"}
