@@ -36,6 +36,8 @@ class ModularModel(SequenceModel):
         objective_max_params: int = 512,
         objective_data: Literal["policy_distribution", "any_state"] = "policy_distribution",
         objective_weight: float = 1.0,
+        objective_lr: float | None = None,
+        objective_cheese_weight: float = 1.0,
         planner_budget: int = 24,
         save_traces: int = 4,
         **kwargs,
@@ -43,12 +45,17 @@ class ModularModel(SequenceModel):
         """objective_data: where the objective's reward labels come from: policy_distribution = the training
         batch's own cheese (always in the corner region); any_state = a free square drawn uniformly in each
         of the batch's mazes. planner_budget: node expansions per move. save_traces: shifted-split episodes
-        whose planner traces `constrained test` writes to the run folder (traces/)."""
+        whose planner traces `constrained test` writes to the run folder (traces/). objective_lr: the objective's
+        peak learning rate (default: lr). objective_cheese_weight: weight of the at-cheese samples (label 1) in
+        the objective's mean squared error, the others weigh 1."""
         if objective_data not in OBJECTIVE_DATA:
             raise ValueError(f"model.init_args.objective_data must be one of {OBJECTIVE_DATA}, got {objective_data!r}")
         check_budget(planner_budget)
         if save_traces < 0 or objective_weight < 0:
             raise ValueError(f"save_traces and objective_weight must be >= 0, got {save_traces}, {objective_weight}")
+        if (objective_lr is not None and objective_lr <= 0) or objective_cheese_weight <= 0:
+            raise ValueError(f"objective_lr and objective_cheese_weight must be > 0, got {objective_lr}, "
+                             f"{objective_cheese_weight}")
         n_ctx = kwargs.get("n_ctx", 1)
         G = math.isqrt(max(n_ctx - 1, 0))
         if G * G != n_ctx - 1 or G < 5 or G % 2 == 0:
@@ -70,6 +77,13 @@ class ModularModel(SequenceModel):
     def optimized_parameters(self) -> list[torch.nn.Parameter]:
         return super().optimized_parameters() + list(self.objective.parameters())
 
+    def param_groups(self) -> list[dict]:
+        # the objective is a tiny regressor beside a transformer: it may need its own step size
+        objective = {"params": list(self.objective.parameters())}
+        if self.hparams.objective_lr is not None:
+            objective["lr"] = self.hparams.objective_lr
+        return [{"params": super().optimized_parameters()}, objective]
+
     # -- training --------------------------------------------------------------------------------------
 
     def loss_terms(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -84,7 +98,10 @@ class ModularModel(SequenceModel):
         if self.hparams.objective_data == "any_state":
             cheese = maze.random_free_squares(walls, self._objective_generator())
         agent, cheese, target = maze.objective_samples(walls, cheese)
-        return F.mse_loss(self.objective(agent.to(self.device), cheese.to(self.device)), target.to(self.device))
+        # one square in about 17 is the cheese: weighting it keeps the peak the planner searches for
+        weight = torch.where((agent == cheese).all(-1), self.hparams.objective_cheese_weight, 1.0).to(self.device)
+        err = (self.objective(agent.to(self.device), cheese.to(self.device)) - target.to(self.device)) ** 2
+        return (weight * err).sum() / weight.sum()
 
     def _objective_generator(self) -> torch.Generator:
         # a pure function of (seed, step, rank), like the training batches, so a resumed run draws the same

@@ -170,12 +170,16 @@ class SequenceModel(L.LightningModule):
         """What the main optimizer trains (the adversarial probes have their own)."""
         return list(self.net.parameters())
 
+    def param_groups(self) -> list[dict]:
+        """The main optimizer's parameter groups; a group without "lr" takes model.init_args.lr."""
+        return [{"params": self.optimized_parameters()}]
+
     def configure_optimizers(self):
         max_steps = self.trainer.max_steps
         if max_steps is None or max_steps < 1:
             raise ValueError("trainer.max_steps must be set (>= 1): the LR schedule is defined over steps")
         hp = self.hparams
-        opt = torch.optim.AdamW(self.optimized_parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        opt = torch.optim.AdamW(self.param_groups(), lr=hp.lr, weight_decay=hp.weight_decay)
 
         def factor(step: int) -> float:
             if step < hp.warmup_steps:

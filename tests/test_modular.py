@@ -215,3 +215,19 @@ def test_traced_episodes_are_the_rollouts_episodes(tmp_path):
     written = save_traces(model, task, "shifted", 3, tmp_path)
     expected = [f"episode_shifted_{i}.{s}" for i in range(3) for s in ("json", "txt")]
     assert sorted(p.name for p in written) == sorted(expected)
+
+
+def test_objective_has_its_own_step_size_and_weights_the_cheese_square():
+    model = tiny(objective_lr=0.01, objective_cheese_weight=4.0, lr=0.001)
+    groups = model.param_groups()
+    assert set(map(id, groups[1]["params"])) == set(map(id, model.objective.parameters()))
+    assert groups[1]["lr"] == 0.01 and "lr" not in groups[0]
+    assert "lr" not in tiny().param_groups()[1]  # default: the model's lr
+    b = batch()
+    agent, cheese, target = objective_samples(b["walls"], b["cheese"])
+    err = (model.objective(agent, cheese) - target) ** 2
+    at = (agent == cheese).all(-1)
+    expected = (4 * err[at].sum() + err[~at].sum()) / (4 * at.sum() + (~at).sum())
+    torch.testing.assert_close(model.objective_loss(b), expected)
+    with pytest.raises(ValueError, match="objective_cheese_weight"):
+        tiny(objective_cheese_weight=0.0)
