@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -35,7 +36,10 @@ checks:
              scores above every other square by a margin, scores bounded; exit 0 only if proved
 """
 
-TRAINING = ("fit", "validate", "test", "predict")
+TRAINING = ("fit", "validate", "test")
+# A bad value (d_model not divisible by n_heads, horizon < 1, ...) or a non-finite loss is the user's problem, not
+# a bug: one line naming it, exit 2. CONSTRAINED_DEBUG=1 re-raises for the traceback.
+USER_ERRORS = (ValueError, FloatingPointError)
 
 
 class CLI(LightningCLI):
@@ -212,6 +216,13 @@ def _proof_table(results) -> str:
     return "\n".join(lines)
 
 
+def root_cause(e: BaseException) -> BaseException:
+    """The innermost explicit cause: jsonargparse wraps a constructor's ValueError in its own."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    return e
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -219,7 +230,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = args[0], args[1:]
     if command in TRAINING:
-        run_training(None if argv is None else args)
+        try:
+            run_training(None if argv is None else args)
+        except USER_ERRORS as e:
+            if os.environ.get("CONSTRAINED_DEBUG"):
+                raise
+            print(f"constrained {command}: error: {root_cause(e)}\n(CONSTRAINED_DEBUG=1 shows the traceback)",
+                  file=sys.stderr)
+            return 2
     elif command == "ablate":
         return ablate_command(rest)
     elif command == "report":

@@ -116,7 +116,7 @@ class IclRegression(Task):
         super().__init__(batch_size, n_val, n_test, seed, eval_seed)
         for name, value in (("d", d), ("n_points", n_points)):
             if value < 1:
-                raise ValueError(f"data.{name} must be >= 1, got {value}")
+                raise ValueError(f"data.init_args.{name} must be >= 1, got {value}")
         if token_format not in ("interleaved", "concatenated"):
             raise ValueError(f"token_format must be 'interleaved' or 'concatenated', got {token_format!r}")
         self.d, self.n_points, self.token_format = d, n_points, token_format

@@ -209,13 +209,13 @@ class Maze(Task):
     ):
         super().__init__(batch_size, n_val, n_test, seed, eval_seed)
         if m < 2:
-            raise ValueError(f"data.m must be >= 2 (a 1-cell maze has no choice to make), got {m}")
+            raise ValueError(f"data.init_args.m must be >= 2 (a 1-cell maze has no choice to make), got {m}")
         if c < 1:
-            raise ValueError(f"data.c (cheese region, c x c cells) must be >= 1, got {c}")
+            raise ValueError(f"data.init_args.c (cheese region, c x c cells) must be >= 1, got {c}")
         if c > m:
-            raise ValueError(f"data.c = {c}: the cheese region is larger than the maze (m = {m})")
+            raise ValueError(f"data.init_args.c = {c}: the cheese region is larger than the maze (m = {m})")
         if c == m:
-            raise ValueError(f"data.c = {c} = m: the cheese region is the whole maze, leaving no square for "
+            raise ValueError(f"data.init_args.c = {c} = m: the cheese region is the whole maze, leaving no square for "
                              f"the shifted split; need c < m")
         self.m, self.c = m, c
 

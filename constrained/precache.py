@@ -54,15 +54,15 @@ class Precache(Task):
     ):
         super().__init__(batch_size, n_val, n_test, seed, eval_seed)
         if not a > 0:
-            raise ValueError(f"data.a must be > 0, got {a}")
+            raise ValueError(f"data.init_args.a must be > 0, got {a}")
         if K < 1:
-            raise ValueError(f"data.K must be >= 1, got {K}")
+            raise ValueError(f"data.init_args.K must be >= 1, got {K}")
         # T >= K + 2: at least one scored position (n >= K) with a next target for the probe
         if T < K + 2:
-            raise ValueError(f"data.T must be >= K + 2 = {K + 2} (positions n >= K are scored and the "
+            raise ValueError(f"data.init_args.T must be >= K + 2 = {K + 2} (positions n >= K are scored and the "
                              f"probe needs a next target), got {T}")
         if not 0 <= p <= 1:
-            raise ValueError(f"data.p must be in [0, 1], got {p}")
+            raise ValueError(f"data.init_args.p must be in [0, 1], got {p}")
         self.a, self.K, self.T, self.p = float(a), K, T, float(p)
 
     @property

@@ -46,7 +46,7 @@ class Task(L.LightningDataModule):
         super().__init__()
         for name, value in (("batch_size", batch_size), ("n_val", n_val), ("n_test", n_test)):
             if value < 1:
-                raise ValueError(f"data.{name} must be >= 1, got {value}")
+                raise ValueError(f"data.init_args.{name} must be >= 1, got {value}")
         self.batch_size, self.n_val, self.n_test = batch_size, n_val, n_test
         self.seed, self.eval_seed = seed, eval_seed
         self._eval: dict[str, dict[str, torch.Tensor]] = {}
