@@ -230,8 +230,11 @@ def ablate(grid_path: str, out: str = "runs/ablations", jobs: int = 1, shard: st
                 tqdm.write(f"run {rec['variant']}/seed{rec['seed']} failed in {rec['phase']}:\n{rec['error']}")
     wall = time.time() - start
     (out_dir / grid.name).mkdir(parents=True, exist_ok=True)
-    (out_dir / grid.name / f"wall_time_shard{i}of{n}.json").write_text(
-        json.dumps({"runs": len(todo), "jobs": jobs, "seconds": round(wall, 1), "cpus": os.cpu_count()}))
+    # one line per invocation (appended), so a grid run in several sittings or shards keeps every wall time
+    with (out_dir / grid.name / "wall_times.jsonl").open("a") as f:
+        f.write(json.dumps({"shard": f"{i}/{n}", "runs": len(todo), "retested": len(again), "jobs": jobs,
+                            "seconds": round(wall, 1), "cpus": os.cpu_count(),
+                            "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
     print(f"{len(todo)} run(s) in {wall / 60:.1f} min, {len(failed)} failed")
     from constrained.report import report
 

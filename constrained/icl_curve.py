@@ -4,11 +4,14 @@ for explicit algorithms fitted to the same context, and the model's distance to 
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import torch
 
 FIELDS = ("split", "k", "predictor", "error", "distance_to_model")
+# names written by `metrics`: {split}/e{k} (the model) and {split}/{alg}_e{k}
+CURVE_METRIC = re.compile(r"^(?P<split>[a-z]+)/(?:(?P<alg>[a-z][a-z_]*)_)?e(?P<k>\d+)$")
 
 
 def curve_rows(split: str, model: torch.Tensor, ys: torch.Tensor, baselines: dict[str, torch.Tensor], d: int):
@@ -39,6 +42,19 @@ def metrics(rows) -> dict[str, float]:
             out[f"{s}/{p}_e{k}"] = r["error"]
             out[f"{s}/dist_{p}_k{k}"] = r["distance_to_model"]
     return out
+
+
+def rows_from_metrics(flat: dict[str, float]) -> list[dict]:
+    """The inverse of `metrics`: curve rows from the flat logged names (empty if there are none)."""
+    rows = []
+    for name, error in flat.items():
+        m = CURVE_METRIC.match(name)
+        if m is None:
+            continue
+        split, predictor, k = m["split"], m["alg"] or "model", m["k"]
+        dist = flat.get(f"{split}/dist_{predictor}_k{k}", 0.0)
+        rows.append({"split": split, "k": int(k), "predictor": predictor, "error": error, "distance_to_model": dist})
+    return sorted(rows, key=lambda r: (r["split"], r["predictor"] != "model", r["predictor"], r["k"]))
 
 
 def write(rows, out_dir: Path) -> None:
@@ -105,22 +121,28 @@ def plot_variants(curves: dict[str, list[list[dict]]], path: Path, split: str = 
         pts = sorted((r["k"], r["error"]) for r in rows if r["split"] == split and r["predictor"] == predictor)
         return [k for k, _ in pts], torch.tensor([e for _, e in pts])
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    top = 1.3  # the zero predictor scores 1; averaging's early e(k) (~6 at k = 1) would flatten the rest
+    fig, ax = plt.subplots(figsize=(9, 4.8))
     first = next(iter(curves.values()))[0]
     for name in ("least_squares", "averaging"):
         ks, err = series(first, name)
-        ax.plot(ks, err, "k--" if name == "least_squares" else "k:", lw=1.2, label=name)
-    for variant, runs in curves.items():
+        off = [k for k, e in zip(ks, err.tolist()) if e > top]
+        label = name + (f" (above {top} for k ≤ {max(off)})" if off else "")
+        ax.plot(ks, err.clamp(max=top * 1.5), "k--" if name == "least_squares" else "k:", lw=1.2, label=label)
+    styles = ["-", "--", "-.", ":"]
+    markers = ["o", "s", "^", "v", "D", "x", "P", "*"]
+    for i, (variant, runs) in enumerate(curves.items()):
         ks = series(runs[0], "model")[0]
         errs = torch.stack([series(rows, "model")[1] for rows in runs])  # (seeds, k)
         mean = errs.mean(0)
         std = errs.std(0) if len(runs) > 1 else torch.zeros_like(mean)
-        line, = ax.plot(ks, mean, marker="o", ms=3, label=f"{variant} (n={len(runs)})")
-        ax.fill_between(ks, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-    ax.set(xlabel="in-context examples k", ylabel="e(k) = MSE / d", title=f"e(k) by variant, {split} set",
-           ylim=(0, 1.3))
+        line, = ax.plot(ks, mean, ls=styles[i % len(styles)], marker=markers[i % len(markers)], ms=4,
+                        label=f"{variant} (n={len(runs)})")
+        ax.fill_between(ks, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+    ax.set(xlabel="in-context examples k", ylabel="e(k) = MSE / d", title=f"e(k) by variant, {split} set "
+           "(mean ± std over seeds)", ylim=(0, top))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: the curves fill the axes
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -14,7 +14,9 @@ from torchmetrics.functional.classification import binary_auroc
 
 from constrained.transformer import Transformer
 
-Targets = dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (mask (n, T) bool, values (n, T, k))
+# name -> (mask (n, T) bool, values (n, T, k)); float values get a ridge probe (R²), bool values (k = 1) a
+# logistic classifier probe (AUROC)
+Targets = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
 def ridge_r2(h_train: torch.Tensor, z_train: torch.Tensor, h_test: torch.Tensor, z_test: torch.Tensor,
@@ -117,9 +119,10 @@ def _hidden_at(net: Transformer, inputs: torch.Tensor, masks: dict[str, torch.Te
 
 def probe_scores(model: Transformer, control: Transformer, batch: dict[str, torch.Tensor], targets: Targets,
                  layers: list[int] | None = None, alpha: float = 1e-3) -> dict[str, float]:
-    """Ridge-probe R² of each target from the residual stream after each layer, for the trained model
-    and the control, and their difference: probe_{name}_L{l}[_control|_selectivity], and the same
-    with `last` for the last layer.
+    """Probe score of each target from the residual stream after each layer, for the trained model and
+    the control, and their difference: probe_{name}_L{l}[_control|_selectivity], and the same with `last`
+    for the last layer. Float targets: held-out R² of a ridge probe; bool targets (one column): held-out
+    AUROC of a logistic-regression probe.
 
     Train/test split by sequence (first half / second half), never inside a sequence: positions of
     one sequence share its context, so splitting them would score memorization of that context.
@@ -135,12 +138,19 @@ def probe_scores(model: Transformer, control: Transformer, batch: dict[str, torc
     for name, (mask, values) in targets.items():
         z = values[mask]  # (N, k), same row order as the hidden states
         n_train = int(mask[: half].sum())
+        classify = values.dtype == torch.bool
+        if classify and (z.shape[-1] != 1 or z[:n_train].unique().numel() < 2 or z[n_train:].unique().numel() < 2):
+            raise ValueError(f"classifier probe target {name!r} needs one bool column with both classes in the "
+                             f"train and the test half, got shape {tuple(z.shape)}")
         for l in layers:
             scores = {}
             for tag, hidden in (("", trained), ("_control", controlled)):
                 h = hidden[name, l]
                 zz = z.to(h.device)
-                scores[tag] = ridge_r2(h[:n_train], zz[:n_train], h[n_train:], zz[n_train:], alpha)
+                if classify:
+                    scores[tag] = linear_auroc(h[:n_train], zz[:n_train, 0], h[n_train:], zz[n_train:, 0])
+                else:
+                    scores[tag] = ridge_r2(h[:n_train], zz[:n_train], h[n_train:], zz[n_train:], alpha)
             scores["_selectivity"] = scores[""] - scores["_control"]
             for where in [f"L{l}"] + (["last"] if l == last else []):
                 out.update({f"probe_{name}_{where}{tag}": v for tag, v in scores.items()})

@@ -11,16 +11,42 @@ from pathlib import Path
 
 from constrained import icl_curve, maze_report
 
+HEADLINES = "headlines.json"  # beside results.csv: each grid's headline metrics, for a report made from the csv
 
-def load_records(dirs: list[Path]) -> list[dict]:
-    """Every run record under the given folders, one per (grid, variant, seed) (later folders win)."""
+
+def load_records(sources: list[Path]) -> list[dict]:
+    """Every run record, one per (grid, variant, seed) (later sources win). A source is a grid folder (its
+    result.json files) or a results.csv written by an earlier report (long format: its grid is its folder's
+    name), so results merged elsewhere can be reported again without the run folders."""
     records = {}
-    for d in dirs:
-        for path in sorted(Path(d).rglob("result.json")):
-            rec = json.loads(path.read_text())
-            rec["folder"] = str(path.parent)
-            records[(rec["grid"], rec["variant"], rec["seed"])] = rec
+    for src in map(Path, sources):
+        if src.suffix == ".csv":
+            found = records_from_csv(src)
+        else:
+            found = []
+            for path in sorted(src.rglob("result.json")):
+                rec = json.loads(path.read_text())
+                rec["folder"] = str(path.parent)
+                found.append(rec)
+        records.update({(r["grid"], r["variant"], r["seed"]): r for r in found})
     return list(records.values())
+
+
+def records_from_csv(path: Path) -> list[dict]:
+    """Finished-run records from a long-format results.csv (task, variant, seed, metric, value)."""
+    if not path.is_file():
+        raise SystemExit(f"error: {path} not found")
+    runs: dict[tuple, dict] = {}
+    headlines = path.with_name(HEADLINES)
+    headline = json.loads(headlines.read_text()).get(path.parent.name, {}) if headlines.is_file() else {}
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            key = (row["task"], row["variant"], int(row["seed"]))
+            rec = runs.setdefault(key, {"grid": path.parent.name, "task": key[0], "variant": key[1], "seed": key[2],
+                                        "status": "ok", "metrics": {}, "headline": headline,
+                                        "folder": str(path.parent / "_no_run_folder")})
+            rec["metrics"][row["metric"]] = float(row["value"])
+    return list(runs.values())
 
 
 def long_rows(records: list[dict]) -> list[dict]:
@@ -67,7 +93,54 @@ def headline_for(records: list[dict]) -> dict:
             current = headline_of(Path(args[args.index("--config") + 1]))
             if current:
                 return current
-    return next((r["headline"] for r in records if r.get("headline")), {})
+    stored = next((r["headline"] for r in records if r.get("headline")), {})
+    return stored or task_headline(records[0]["task"]) if records else {}
+
+
+def task_headline(task: str) -> dict:
+    """HEADLINE of the task class defined in constrained/<task>.py (records read from a results.csv)."""
+    import importlib
+
+    from constrained.task import Task
+
+    try:
+        module = importlib.import_module(f"constrained.{task}")
+    except ImportError:
+        return {}
+    classes = [c for c in vars(module).values() if isinstance(c, type) and issubclass(c, Task)
+               and c.__module__ == module.__name__]
+    return dict(getattr(classes[0], "HEADLINE", {})) if classes else {}
+
+
+def probe_table(ok: list[dict], variants: list[str], headline: dict) -> list[str]:
+    """Each headline probe's score on the trained model beside the same probe on the random-init control
+    and their difference: a selectivity alone hides whether the control already decodes the target."""
+    lines = []
+    for sel in [m for m in headline.get("signatures", []) if m.endswith("_selectivity")]:
+        trained, control = sel.removesuffix("_selectivity"), sel.replace("_selectivity", "_control")
+        cols = {name: by_variant(ok, name) for name in (trained, control, sel)}
+        lines += ["", f"| variant | {trained} (trained) | random-init control | selectivity |", "|---|---|---|---|"]
+        lines += [f"| {v} | " + " | ".join(_fmt(list(cols[m].get(v, {}).values())) for m in cols) + " |"
+                  for v in variants]
+    return lines
+
+
+def wall_time_lines(recs: list[dict]) -> list[str]:
+    """Wall time of every `ablate` invocation that wrote into these grid folders (wall_times.jsonl, one line an
+    invocation; wall_time_*.json from runners that kept only the last)."""
+    entries = []
+    for grid_dir in sorted({Path(r["folder"]).parent.parent for r in recs if r.get("folder")}):
+        log = grid_dir / "wall_times.jsonl"
+        if log.is_file():
+            entries += [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        entries += [json.loads(p.read_text()) for p in sorted(grid_dir.glob("wall_time_*.json"))]
+    if not entries:
+        return []
+    parts = [f"{e['seconds'] / 60:.1f} min for {e['runs']} run(s)"
+             + (f" and {e['retested']} re-test(s)" if e.get("retested") else "") + f" with {e['jobs']} job(s)"
+             for e in entries]
+    total = sum(e["seconds"] for e in entries) / 60
+    return [f"Wall time of the `ablate` invocations: {'; '.join(parts)}; {total:.1f} min in all."]
 
 
 def markdown(records: list[dict]) -> str:
@@ -95,8 +168,11 @@ def markdown(records: list[dict]) -> str:
             if variant in variants and reference in variants:
                 diffs = paired_gap(by_variant(ok, metric), variant, reference)
                 lines += ["", f"**{gap}**: {metric} of {variant} minus {reference}, paired by seed: {_fmt(diffs)}"]
+        lines += probe_table(ok, variants, headline)
         fit_minutes = sum(r.get("fit_seconds", 0) + r.get("test_seconds", 0) for r in recs) / 60
-        lines += ["", f"{len(ok)} of {len(recs)} runs finished; run time summed over runs: {fit_minutes:.1f} min."]
+        lines += ["", f"{len(ok)} of {len(recs)} runs finished"
+                  + (f"; run time summed over runs: {fit_minutes:.1f} min." if fit_minutes else ".")]
+        lines += wall_time_lines(recs)
         for r in recs:
             if r["status"] != "ok":
                 lines.append(f"- FAILED {r['variant']}/seed{r['seed']} in {r.get('phase')}: "
@@ -154,9 +230,16 @@ def _ok_with(records: list[dict], name: str) -> list[tuple[dict, Path]]:
 
 
 def _icl_curves(records: list[dict], out: Path) -> list[Path]:
+    """From the logged e(k) metrics (so a results.csv suffices), else from each run's icl_curve.csv."""
     curves = defaultdict(list)
-    for r, path in _ok_with(records, "icl_curve.csv"):
-        curves[r["variant"]].append(icl_curve.read(path))
+    for r in records:
+        if r["status"] != "ok":
+            continue
+        rows = icl_curve.rows_from_metrics(r["metrics"])
+        if not rows and (Path(r["folder"]) / "icl_curve.csv").is_file():
+            rows = icl_curve.read(Path(r["folder"]) / "icl_curve.csv")
+        if rows:
+            curves[r["variant"]].append(rows)
     if not curves:
         return []
     path = out / "e_k_by_variant.png"
@@ -183,7 +266,7 @@ def _maze_curves(records: list[dict], out: Path) -> list[Path]:
 
 def report(dirs: list[Path | str], out: Path | str | None = None) -> Path:
     dirs = [Path(d) for d in dirs]
-    out = Path(out) if out else dirs[0]
+    out = Path(out) if out else (dirs[0].parent if dirs[0].suffix == ".csv" else dirs[0])
     out.mkdir(parents=True, exist_ok=True)
     records = load_records(dirs)
     if not records:
@@ -192,6 +275,9 @@ def report(dirs: list[Path | str], out: Path | str | None = None) -> Path:
         w = csv.DictWriter(f, fieldnames=["task", "variant", "seed", "metric", "value"])
         w.writeheader()
         w.writerows(long_rows(records))
+    grids = sorted({r["grid"] for r in records})
+    (out / HEADLINES).write_text(json.dumps({g: headline_for([r for r in records if r["grid"] == g]) for g in grids},
+                                            indent=1) + "\n")
     text = markdown(records)
     plots = plot_capability_vs_signatures(records, out) + plot_task_curves(records, out)
     text += "\nplots: " + ", ".join(p.name for p in plots) + "\n"

@@ -61,7 +61,9 @@ def test_kill_mid_grid_then_rerun_loses_and_duplicates_nothing(tmp_path):
     assert rerun.returncode == 0, log[-3000:]
     assert f"{done_before} already finished" in log
     assert keys(out) == [("baseline", 0), ("baseline", 1), ("myopic", 0), ("myopic", 1)]
+    assert len(records(out)) == 4  # on disk, not through load_records, which keeps one per run by design
     assert all(r["status"] == "ok" for r in load_records([out]))
+    assert "Wall time of the `ablate` invocations" in (out / "tiny" / "report.md").read_text()
     assert (out / "tiny" / "results.csv").is_file() and (out / "tiny" / "report.md").is_file()
     # sharded runs, merged, give the same result set as the unsharded grid
     shards = [tmp_path / "shard0", tmp_path / "shard1"]

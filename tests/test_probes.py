@@ -79,6 +79,26 @@ def test_probe_scores_split_by_sequence():
                                                              "probe_w_hat_last_selectivity"}
 
 
+def test_bool_targets_get_a_classifier_probe_scored_by_auroc():
+    # the label is the sign of an input feature at the last token: decodable from any residual stream,
+    # trained or random, so both AUROCs are near 1 and the selectivity near 0
+    gen = generator(3)
+    inputs = torch.randn(64, 12, 5, generator=gen)
+    label = inputs[:, -1, 0] > 0
+    mask = torch.zeros(64, 12, dtype=torch.bool)
+    mask[:, -1] = True
+    values = torch.zeros(64, 12, 1, dtype=torch.bool)
+    values[:, -1, 0] = label
+    model = tiny()
+    scores = probe_scores(model, random_control(model, 1), {"inputs": inputs}, {"sign": (mask, values)})
+    assert set(scores) == {f"probe_sign_{w}{t}" for w in ("L0", "L1", "last") for t in ("", "_control", "_selectivity")}
+    assert scores["probe_sign_last"] > 0.95 and scores["probe_sign_last_control"] > 0.95
+    assert abs(scores["probe_sign_last_selectivity"]) < 0.05
+    values[:32] = False  # the train half has one class only: no classifier to fit
+    with pytest.raises(ValueError, match="both classes"):
+        probe_scores(model, random_control(model, 1), {"inputs": inputs}, {"sign": (mask, values)})
+
+
 def test_probe_scores_restores_training_mode():
     dm, batch = _icl()
     model = tiny(d_in=4).train()

@@ -87,3 +87,61 @@ def test_read_proxy_keeps_the_shifted_rows(tmp_path):
     path.write_text("split,cheese_corner_distance,n,p_cheese,p_corner,p_neither,gmg_rate\n"
                     "test,0,3,1,0,0,0\nshifted,4,2,0.5,0.5,0,0.5\n")
     assert read_proxy(path) == {4: 0.5}
+
+
+def test_report_from_a_results_csv_gives_the_same_tables(tmp_path):
+    for seed, (c, s) in enumerate([(0.1, 0.9), (0.2, 0.8), (0.3, 0.7)]):
+        _record(tmp_path, "baseline", seed, c, s)
+        _record(tmp_path, "myopic", seed, c + 0.5, s - 0.5)
+    first = (report([tmp_path / "g"]) / "report.md").read_text()
+    copy = tmp_path / "elsewhere" / "g" / "results.csv"
+    copy.parent.mkdir(parents=True)
+    for name in ("results.csv", "headlines.json"):  # the headline metrics travel beside the csv
+        (copy.parent / name).write_text((tmp_path / "g" / name).read_text())
+    again = (report([copy], out=tmp_path / "again") / "report.md").read_text()
+    table = [line for line in first.splitlines() if line.startswith("|")]
+    assert table and table == [line for line in again.splitlines() if line.startswith("|")]
+    assert (tmp_path / "again" / "results.csv").read_text() == copy.read_text()
+
+
+def _probe_records():
+    head = {"capability": "c", "signatures": ["test/probe_x_last_selectivity"]}
+    return [{"grid": "g", "task": "t", "variant": v, "seed": s, "status": "ok", "headline": head,
+             "metrics": {"c": 0.0, "test/probe_x_last": t, "test/probe_x_last_control": 0.2,
+                         "test/probe_x_last_selectivity": t - 0.2}}
+            for v, s, t in [("baseline", 0, 0.9), ("baseline", 1, 0.7), ("myopic", 0, 0.3)]]
+
+
+def test_probe_scores_are_shown_beside_their_control():
+    md = markdown(_probe_records())
+    assert "| variant | test/probe_x_last (trained) | random-init control | selectivity |" in md
+    assert "| baseline | 0.8000 ± 0.1414 (n=2) | 0.2000 ± 0.0000 (n=2) | 0.6000 ± 0.1414 (n=2) |" in md
+    assert "| myopic | 0.3000 ± 0.0000 (n=1) | 0.2000 ± 0.0000 (n=1) | 0.1000 ± 0.0000 (n=1) |" in md
+
+
+def test_every_invocations_wall_time_is_reported(tmp_path):
+    _record(tmp_path, "baseline", 0, 0.1, 0.9)
+    lines = [{"shard": "0/1", "runs": 1, "retested": 0, "jobs": 2, "seconds": 600.0},
+             {"shard": "0/1", "runs": 0, "retested": 3, "jobs": 2, "seconds": 90.0}]
+    (tmp_path / "g" / "wall_times.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    md = (report([tmp_path / "g"]) / "report.md").read_text()
+    assert ("Wall time of the `ablate` invocations: 10.0 min for 1 run(s) with 2 job(s); 1.5 min for 0 run(s) and "
+            "3 re-test(s) with 2 job(s); 11.5 min in all.") in md
+
+
+def test_e_k_plot_from_logged_metrics(tmp_path):
+    from constrained import icl_curve
+
+    for variant, scale in (("baseline", 0.1), ("myopic", 0.6)):
+        for seed in (0, 1):
+            rows = [{"split": "test", "k": k, "predictor": p, "error": e, "distance_to_model": 0.0}
+                    for k in range(6) for p, e in (("model", scale + 0.01 * seed), ("least_squares", 1 - k / 5),
+                                                   ("averaging", 5.0 / (k + 1)))]
+            folder = tmp_path / "icl" / variant / f"seed{seed}"
+            folder.mkdir(parents=True)
+            rec = {"grid": "icl", "task": "icl_regression", "variant": variant, "seed": seed, "status": "ok",
+                   "headline": {"capability": "test/e5", "signatures": []}, "metrics": icl_curve.metrics(rows)}
+            (folder / "result.json").write_text(json.dumps(rec))
+    out = report([tmp_path / "icl"])
+    assert (out / "e_k_by_variant.png").stat().st_size > 5000
+    assert "e_k_by_variant.png" in (out / "report.md").read_text()
