@@ -7,16 +7,18 @@ Providers, per option:
   sdpa     F.scaled_dot_product_attention(is_causal=True): plain causal only (it has no other option)
   eager    attention_reference: masked softmax with the (T, T) pattern in memory
   compile  torch.compile(attention_reference)
-Options: causal (plain), horizon h = T/8, myopic, reach (reach_h = 64).
+Options: causal (plain), horizon h = T/8, myopic (no past keys: the backward skips the dK/dV sweep),
+myopic+past (k_past, v_past as the model passes them on CUDA, see Attention.forward: the sweep runs
+for their gradient; what a myopic model's training step costs), reach (reach_h = 64).
 Shapes: B = 4, H = 8, Dh = 64, T in {256, 1024, 4096} (--quick: T = 1024 on GPU, 256 on CPU);
 bf16 on GPU, fp32 on CPU. Modes: fwd (inputs require grad, as in training), bwd (the backward alone,
 from a saved forward graph), fwd+bwd.
 
 Achieved TFLOP/s counts the attended (i, j) pairs P: 4·B·H·P·Dh for the forward (two matmuls of
 2·P·Dh), 2.5× that for the backward, 3.5× for fwd+bwd. Causal: P = T(T+1)/2 ≈ T²/2 (the usual
-4·B·H·T²·Dh/2); horizon h: P = Σ_i min(i+1, h) ≈ T·h, the work the kernel cannot skip. Myopic and
-reach are counted as plain causal, so a myopic backward that skips the dK/dV sweep shows as higher
-throughput. Rows go to bench/results/attention.csv via bench/common.py.
+4·B·H·T²·Dh/2); horizon h: P = Σ_i min(i+1, h) ≈ T·h, the work the kernel cannot skip. Myopic (with
+or without past keys) and reach are counted as plain causal, so a myopic backward that skips the
+dK/dV sweep shows as higher throughput. Rows go to bench/results/attention.csv via bench/common.py.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ REACH_H = 64.0
 
 
 def options_for(T: int) -> dict[str, dict]:
+    """name -> attention keyword arguments; "past": True stands for k_past, v_past made per input."""
     return {"causal": {}, f"horizon={T // 8}": {"horizon": T // 8}, "myopic": {"myopic": True},
-            f"reach_h={REACH_H:g}": {"reach_h": REACH_H}}
+            "myopic+past": {"myopic": True, "past": True}, f"reach_h={REACH_H:g}": {"reach_h": REACH_H}}
 
 
 def attended_pairs(T: int, horizon: int | None) -> int:
@@ -45,30 +48,33 @@ def attended_pairs(T: int, horizon: int | None) -> int:
 
 
 def providers(device: torch.device, option: dict) -> dict:
-    """name -> fn(q, k, v) -> (out, reach or None), for the providers that can run here."""
+    """name -> fn(q, k, v, **past) -> (out, reach or None), for the providers that can run here."""
+    kwargs = {key: value for key, value in option.items() if key != "past"}
     out = {}
     if device.type == "cuda":
-        out["triton"] = functools.partial(attention, backend="triton", **option)
+        out["triton"] = functools.partial(attention, backend="triton", **kwargs)
         if not option:
             out["sdpa"] = lambda q, k, v: (F.scaled_dot_product_attention(q, k, v, is_causal=True), None)
-    out["eager"] = functools.partial(attention_reference, **option)
-    out["compile"] = torch.compile(functools.partial(attention_reference, **option), dynamic=False)
+    out["eager"] = functools.partial(attention_reference, **kwargs)
+    out["compile"] = torch.compile(functools.partial(attention_reference, **kwargs), dynamic=False)
     return out
 
 
-def bench_one(fn, q, k, v, device):
-    """{mode: (median, p20, p80) ms} for fwd, bwd and fwd+bwd of fn."""
+def bench_one(fn, q, k, v, device, past: dict):
+    """{mode: (median, p20, p80) ms} for fwd, bwd and fwd+bwd of fn(q, k, v, **past), every input
+    (k_past, v_past included) differentiated."""
     do = torch.randn_like(q)
+    inputs = (q, k, v, *past.values())
 
     def forward():
-        return fn(q, k, v)
+        return fn(q, k, v, **past)
 
     def grad_args(res):
         """(outputs, inputs, grad_outputs) for torch.autograd.grad: dO into out, 1 into reach."""
         out, reach = res
         if reach is None:
-            return [out], (q, k, v), [do]
-        return [out, reach], (q, k, v), [do, torch.ones_like(reach)]
+            return [out], inputs, [do]
+        return [out, reach], inputs, [do, torch.ones_like(reach)]
 
     def fwd_bwd():
         torch.autograd.grad(*grad_args(forward()))
@@ -107,14 +113,18 @@ def main(argv=None) -> int:
                 torch.manual_seed(0)
                 q, k, v = (torch.randn(B, H, T, DH, device=device, dtype=dtype, requires_grad=True)
                            for _ in range(3))
+                past = {}
+                if option.get("past"):  # as the model's: the values of k, v, with a gradient of their own
+                    past = {"k_past": k.detach().clone().requires_grad_(),
+                            "v_past": v.detach().clone().requires_grad_()}
                 try:
-                    times = bench_one(fn, q, k, v, device)
+                    times = bench_one(fn, q, k, v, device, past)
                 except Exception as e:  # e.g. eager out of memory at T = 4096, a compile failure
                     print(f"  {provider:8s} {opt_name:14s} T={T:5d}: skipped ({type(e).__name__}: "
                           f"{str(e).splitlines()[0][:120] if str(e) else ''})")
                     continue
                 finally:
-                    del q, k, v
+                    del q, k, v, past
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
                 for mode, t in times.items():

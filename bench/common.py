@@ -18,11 +18,19 @@ FIELDS = ["kernel", "provider", "mode", "shape", "median_ms", "p20_ms", "p80_ms"
           "achieved", "unit", "fraction_of_peak", "device", "date"]
 RESULTS = Path(__file__).parent / "results"
 
-# Dense peaks used for "fraction of peak"; a device not listed gets an empty cell, never a guess.
-PEAKS = {  # name substring -> (HBM GB/s, dense fp32 TFLOP/s, dense tf32/bf16 TFLOP/s)
-    "H100": (3350.0, 67.0, 989.0),
-    "H200": (4800.0, 67.0, 989.0),
-    "A100": (2039.0, 19.5, 312.0),
+# Vendor peaks used for "fraction of peak", by exact device name (torch.cuda.get_device_name): one
+# family spans parts far apart (H100 PCIe has 60% of the SXM bandwidth), so a device not listed gets
+# an empty cell, never a guess. name -> (memory GB/s, dense bf16 tensor-core TFLOP/s)
+PEAKS = {
+    "NVIDIA H100 80GB HBM3": (3350.0, 989.0),  # SXM5
+    "NVIDIA H100 PCIe": (2000.0, 756.0),
+    "NVIDIA H100 NVL": (3900.0, 835.0),
+    "NVIDIA H200": (4800.0, 989.0),  # SXM
+    "NVIDIA H200 NVL": (4800.0, 835.0),
+    "NVIDIA A100-SXM4-80GB": (2039.0, 312.0),
+    "NVIDIA A100-SXM4-40GB": (1555.0, 312.0),
+    "NVIDIA A100 80GB PCIe": (1935.0, 312.0),
+    "NVIDIA A100-PCIE-40GB": (1555.0, 312.0),
 }
 
 
@@ -35,11 +43,11 @@ def device_name(device: torch.device) -> str:
 
 
 def peak(device: torch.device, unit: str) -> float | None:
-    name = device_name(device)
-    for key, (gbs, _fp32, tc) in PEAKS.items():
-        if key in name:
-            return {"GB/s": gbs, "TFLOP/s": tc}.get(unit)
-    return None
+    """The device's peak in `unit` ("GB/s" or bf16 "TFLOP/s"), None when the device is not in PEAKS."""
+    if device.type != "cuda" or device_name(device) not in PEAKS:
+        return None
+    gbs, tflops = PEAKS[device_name(device)]
+    return {"GB/s": gbs, "TFLOP/s": tflops}.get(unit)
 
 
 def time_ms(fn, device: torch.device, warmup: int = 3, reps: int = 20) -> tuple[float, float, float]:
@@ -60,17 +68,22 @@ def time_ms(fn, device: torch.device, warmup: int = 3, reps: int = 20) -> tuple[
     return statistics.median(samples), q[1], q[7]
 
 
-def append(name: str, rows: list[dict]) -> Path:
+def append(name: str, rows: list[dict], fields: list[str] = FIELDS) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.csv"
     new = not path.exists()
     with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w = csv.DictWriter(f, fieldnames=fields)
         if new:
             w.writeheader()
         for row in rows:
-            w.writerow({k: row.get(k, "") for k in FIELDS})
+            w.writerow({k: row.get(k, "") for k in fields})
     return path
+
+
+def stamp(device: torch.device) -> dict:
+    """The device and date columns every results row carries."""
+    return {"device": device_name(device), "date": datetime.date.today().isoformat()}
 
 
 def row(kernel, provider, mode, shape, times, device, achieved=None, unit="") -> dict:
@@ -79,5 +92,4 @@ def row(kernel, provider, mode, shape, times, device, achieved=None, unit="") ->
     return {"kernel": kernel, "provider": provider, "mode": mode, "shape": shape,
             "median_ms": f"{med:.4f}", "p20_ms": f"{p20:.4f}", "p80_ms": f"{p80:.4f}",
             "achieved": "" if achieved is None else f"{achieved:.2f}", "unit": unit,
-            "fraction_of_peak": "" if pk is None else f"{achieved / pk:.3f}",
-            "device": device_name(device), "date": datetime.date.today().isoformat()}
+            "fraction_of_peak": "" if pk is None else f"{achieved / pk:.3f}", **stamp(device)}

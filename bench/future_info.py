@@ -5,7 +5,9 @@
 Times forward, backward (gradient w.r.t. H from a retained graph) and forward+backward for
 N ∈ {4096, 32768, 131072}, d ∈ {64, 512}, d_z = 16, fp32 (--quick: the smallest shape only), and
 appends the rows to bench/results/future_info.csv. Achieved bandwidth counts the bytes the fused
-kernels must move: H and Z read once by the forward; read again, plus dH written, by the backward.
+kernels must move at least: H and Z read once by the forward; read again, plus dH written, by the
+backward. At d = 512 the forward's tile pairs in fact read H about 9 times (kernels/future_info.py),
+partly from L2, so this is the useful bandwidth, not the traffic.
 The core functions are timed, not the checked `future_info` entry, whose finiteness check (a pass
 over H and Z plus a host sync) would cost every provider the same.
 """

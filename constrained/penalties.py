@@ -124,5 +124,8 @@ def value(p: Penalty, cache: dict[str, torch.Tensor], n_layers: int, rows: torch
     if p.kind == "reach":
         return torch.stack([cache[n] for n in hook_names(p, n_layers)]).mean()
     if p.kind == "future_info":
-        return torch.stack([future_info(cache[n][rows], z, eps0=p.eps0) for n in hook_names(p, n_layers)]).mean()
+        # no finiteness pass and host sync per layer: training_step checks the loss, which a non-finite
+        # hidden state makes non-finite too
+        return torch.stack([future_info(cache[n][rows], z, eps0=p.eps0, check_finite=False)
+                            for n in hook_names(p, n_layers)]).mean()
     return adversaries.loss(cache, rows, z, p.weight)

@@ -16,6 +16,7 @@ Side by side: the Triton kernels, the PyTorch reference of the same math (`atten
 CPU path), the autograd.Function (`FusedAttention`), and the dispatching entry point (`attention`).
 """
 
+import functools
 import math
 import numbers
 import types
@@ -164,10 +165,14 @@ def _fwd_kernel(Q, K, V, O, LSE, R, IS_QUERY,
                 stride_kb, stride_kh, stride_kt, stride_kd,
                 stride_vb, stride_vh, stride_vt, stride_vd,
                 stride_ob, stride_oh, stride_ot, stride_od,
-                H, T, scale, horizon, reach_h,
+                H, T, SCALE, horizon, REACH_H,
                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 ACC: tl.constexpr, PRECISION: tl.constexpr):
     """One query tile of one (batch, head): O, the row logsumexp and, with reach, the row reach r_i."""
+    scale = tl.load(SCALE)
+    reach_h = REACH_H
+    if REACH_H is not None:
+        reach_h = tl.load(REACH_H)
     m0 = tl.program_id(0) * BLOCK_M
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
@@ -212,7 +217,7 @@ def _fwd_kernel(Q, K, V, O, LSE, R, IS_QUERY,
 def _bwd_preprocess(O, DO, R, DR, DELTA,
                     stride_ob, stride_oh, stride_ot, stride_od,
                     stride_dob, stride_doh, stride_dot, stride_dod,
-                    H, T, reach_h,
+                    H, T, REACH_H,
                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, ACC: tl.constexpr):
     """delta_i = rowsum(dO ∘ O) + dr_i · r_i: the row term that dS subtracts, reach's share folded in
     (dS_ij = A_ij (dP_ij + dr_i w_ij - delta_i))."""
@@ -228,7 +233,7 @@ def _bwd_preprocess(O, DO, R, DR, DELTA,
     do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dot + offs_d[None, :] * stride_dod,
                  mask=tile_ok, other=0.0).to(ACC)
     delta = tl.sum(o * do, 1)
-    if reach_h is not None:
+    if REACH_H is not None:
         r = tl.load(R + bh * T + offs_m, mask=row_ok, other=0.0)
         dr = tl.load(DR + bh * T + offs_m, mask=row_ok, other=0.0)
         delta += dr * r
@@ -264,11 +269,15 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, DK, DV, LSE, DELTA, DR, IS_QUERY,
                    stride_kb, stride_kh, stride_kt, stride_kd,
                    stride_vb, stride_vh, stride_vt, stride_vd,
                    stride_dob, stride_doh, stride_dot, stride_dod,
-                   H, T, scale, horizon, reach_h,
+                   H, T, SCALE, horizon, REACH_H,
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    MYOPIC: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr):
     """dQ of one query tile over every key it reads. With MYOPIC also this tile's dK and dV, which
     come from the diagonal term alone (other positions' keys and values are detached)."""
+    scale = tl.load(SCALE)
+    reach_h = REACH_H
+    if REACH_H is not None:
+        reach_h = tl.load(REACH_H)
     m0 = tl.program_id(0) * BLOCK_M
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
@@ -366,12 +375,16 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, DR, IS_QUERY,
                      stride_kb, stride_kh, stride_kt, stride_kd,
                      stride_vb, stride_vh, stride_vt, stride_vd,
                      stride_dob, stride_doh, stride_dot, stride_dod,
-                     H, T, scale, horizon, reach_h,
+                     H, T, SCALE, horizon, REACH_H,
                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      EXCLUDE_DIAG: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr):
     """dK, dV of one key tile over the queries that read it: from its diagonal down to T, or with a
     horizon only to the last query whose window still covers the tile. EXCLUDE_DIAG leaves out each
     key's own query: the myopic gradient of the past keys and values (k_past, v_past)."""
+    scale = tl.load(SCALE)
+    reach_h = REACH_H
+    if REACH_H is not None:
+        reach_h = tl.load(REACH_H)
     n0 = tl.program_id(0) * BLOCK_N
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
@@ -463,10 +476,20 @@ def _strides(x: torch.Tensor) -> tuple[int, int, int, int]:
     return tuple(x.stride())
 
 
+@functools.lru_cache(maxsize=64)
+def _constants(scale: float, reach_h: float | None, dtype: torch.dtype, device: torch.device):
+    """(SCALE, REACH_H) pointers for the kernels: the softmax scale and the reach horizon in the row
+    dtype, REACH_H None without reach. A float argument reaches a compiled kernel as fp32, which would
+    round both for fp64 inputs. Cached, so a training step copies nothing to the device."""
+    values = torch.tensor([scale, 0.0 if reach_h is None else reach_h], dtype=_row_dtype(dtype), device=device)
+    return values[0:], (None if reach_h is None else values[1:])
+
+
 def _fwd(q, k, v, horizon, reach_h, is_query):
     """O (B, H, T, Dh), logsumexp per row (B·H, T), reach per row (B·H, T) or None."""
     B, H, T, Dh = q.shape
     cfg = _config(q.dtype, Dh)
+    scale, reach_ptr = _constants(1.0 / math.sqrt(Dh), reach_h, q.dtype, q.device)
     block_m, block_n = cfg["fwd"]
     o = torch.empty((B, H, T, Dh), dtype=q.dtype, device=q.device)
     lse = torch.empty((B * H, T), dtype=_row_dtype(q.dtype), device=q.device)
@@ -477,7 +500,7 @@ def _fwd(q, k, v, horizon, reach_h, is_query):
     _fwd_kernel[grid](
         q, k, v, o, lse, r, is_query,
         *_strides(q), *_strides(k), *_strides(v), *_strides(o),
-        H, T, 1.0 / math.sqrt(Dh), horizon, reach_h,
+        H, T, scale, horizon, reach_ptr,
         HEAD_DIM=Dh, BLOCK_D=_block_d(Dh), BLOCK_M=block_m, BLOCK_N=block_n,
         ACC=_acc_dtype(q.dtype), PRECISION=_precision(q.dtype),
         num_warps=cfg["warps"], num_stages=cfg["stages"],
@@ -490,9 +513,10 @@ def _bwd(do, q, k, v, o, lse, r, dr, horizon, reach_h, is_query, myopic, k_past=
     reach, the gradient dr of the per-row reach (B·H, T)."""
     B, H, T, Dh = q.shape
     cfg = _config(q.dtype, Dh)
-    acc, scale, block_d = _acc_dtype(q.dtype), 1.0 / math.sqrt(Dh), _block_d(Dh)
+    acc, block_d = _acc_dtype(q.dtype), _block_d(Dh)
     if dr is None:  # reach computed but not differentiated: its backward terms vanish
         reach_h = None
+    scale, reach_ptr = _constants(1.0 / math.sqrt(Dh), reach_h, q.dtype, q.device)
     past = k_past is not None
     if B * H == 0:
         zeros = (torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v))
@@ -500,13 +524,13 @@ def _bwd(do, q, k, v, o, lse, r, dr, horizon, reach_h, is_query, myopic, k_past=
     delta = torch.empty_like(lse)
     pre_m = cfg["dq"][0]
     _bwd_preprocess[(triton.cdiv(T, pre_m), B * H)](
-        o, do, r, dr, delta, *_strides(o), *_strides(do), H, T, reach_h,
+        o, do, r, dr, delta, *_strides(o), *_strides(do), H, T, reach_ptr,
         HEAD_DIM=Dh, BLOCK_D=block_d, BLOCK_M=pre_m, ACC=acc, num_warps=cfg["warps"],
     )
     dq = torch.empty((B, H, T, Dh), dtype=q.dtype, device=q.device)
     dk = torch.empty_like(dq)
     dv = torch.empty_like(dq)
-    common = (H, T, scale, horizon, reach_h)
+    common = (H, T, scale, horizon, reach_ptr)
     block_m, block_n = cfg["dq"]
     _bwd_dq_kernel[(triton.cdiv(T, block_m), B * H)](
         q, k, v, do, dq, dk, dv, lse, delta, dr, is_query,
@@ -674,6 +698,15 @@ def _validate(q, k, v, horizon, reach_h, is_query, myopic=False, k_past=None, v_
                 raise ValueError(f"{name} must match the shape, dtype and device of {name[0]}")
 
 
+def resolve_backend(backend: str, device: torch.device, head_dim: int) -> str:
+    """The path `attention` takes: "auto" means Triton for CUDA tensors whose head dim one tile holds
+    (<= MAX_HEAD_DIM), the reference otherwise, as future_info does for wide signals."""
+    if backend != "auto":
+        return backend
+    fast = HAS_TRITON and device.type == "cuda" and head_dim <= MAX_HEAD_DIM
+    return "triton" if fast else "reference"
+
+
 def attention(q, k, v, horizon=None, myopic=False, reach_h=None, is_query=None, k_past=None, v_past=None,
               backend="auto"):
     """Causal attention of q, k, v (B, H, T, Dh) with scale 1/sqrt(Dh) -> (out, reach).
@@ -688,13 +721,13 @@ def attention(q, k, v, horizon=None, myopic=False, reach_h=None, is_query=None, 
     reach_h: also return reach, mean over (B, H, i) of Σ_j A_ij max(0, i - j - reach_h) / T, a
         differentiable scalar (in fp32 for half inputs); None otherwise.
     is_query: bool (T,), the concatenated-format clause: no position reads a query token but itself.
-    backend: "auto" (Triton on CUDA tensors, the PyTorch reference otherwise), "triton" (CUDA, or
-        CPU under TRITON_INTERPRET=1), "reference".
+    backend: "auto" (Triton on CUDA tensors with Dh <= MAX_HEAD_DIM, the PyTorch reference
+        otherwise), "triton" (CUDA, or CPU under TRITON_INTERPRET=1 in fp32/fp64/fp16), "reference".
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        backend = "triton" if q.is_cuda and HAS_TRITON else "reference"
+    if isinstance(q, torch.Tensor) and q.dim() == 4:  # a malformed q gets its error from _validate
+        backend = resolve_backend(backend, q.device, q.shape[-1])
     if backend == "reference":
         return attention_reference(q, k, v, horizon, myopic, reach_h, is_query, k_past, v_past)
     _validate(q, k, v, horizon, reach_h, is_query, myopic, k_past, v_past)
@@ -702,8 +735,12 @@ def attention(q, k, v, horizon=None, myopic=False, reach_h=None, is_query=None, 
         raise ValueError("backend='triton' needs triton installed")
     if not (q.is_cuda or INTERPRETED):
         raise ValueError("backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before triton is imported")
+    if INTERPRETED and q.dtype == torch.bfloat16:
+        raise ValueError("backend='triton': bf16 arithmetic is wrong in the Triton interpreter (TRITON_INTERPRET=1); "
+                         "use fp32/fp64/fp16 there")
     if q.shape[-1] > MAX_HEAD_DIM:
-        raise ValueError(f"the Triton kernel supports head dims up to {MAX_HEAD_DIM}, got {q.shape[-1]}")
+        raise ValueError(f"the Triton kernel supports head dims up to {MAX_HEAD_DIM}, got {q.shape[-1]}; "
+                         "use backend='auto' or 'reference'")
     out, r = FusedAttention.apply(q, k, v, None if horizon is None else int(horizon), bool(myopic),
                                   None if reach_h is None else float(reach_h), is_query, k_past, v_past)
     return out, (None if r is None else r.mean())

@@ -17,10 +17,17 @@ contributes nothing further. Z gets a gradient too: it may be learned (e.g. a le
 
 This file holds, side by side:
 
-- `_stats_kernel` (Triton): one pass over H and Z for HᵀH, HᵀZ, Σ‖z‖² and column sums; the row
-  dimension is split over program instances, each writing its own partial sums (no atomics, so the
-  result is deterministic); centring is folded in algebraically, so no centred copy is made;
-- `_grad_kernel` (Triton): one more pass that writes dH and dZ without materializing the residual;
+- `_stats_kernel` (Triton): HᵀH, HᵀZ, Σ‖z‖² and column sums; the grid is row chunks × upper-triangle
+  pairs of BLOCK_D-wide column tiles of HᵀH, each program writing its own partial sums (no atomics,
+  so the result is deterministic; torch adds them up); centring is folded in algebraically, so no
+  centred copy is made. When d fits one tile (d ≤ 64 on a GPU) it is one pass: each program loads
+  its rows of H and Z once and takes every sum from that load. For wider H each program loads the
+  two column tiles of its pair, so an H of n = d/BLOCK_D tiles is read n + 1 times (9 at d = 512)
+  and Z n times (by the diagonal programs), though the programs of one row chunk, running side by
+  side, may serve the re-reads from L2 (not measured). A single pass would need a d×d accumulator
+  per program, beyond its registers and shared memory at d = 512;
+- `_grad_kernel` (Triton): one more pass over H and Z that writes dH and dZ without materializing
+  the residual;
 - `future_info_reference`: the same math in plain PyTorch, differentiated by autograd;
 - `FutureInfo`: the autograd.Function over the two kernels (the small d×d solve stays in torch);
 - `future_info`: the checked public entry with backend dispatch;
@@ -70,7 +77,7 @@ def _stats_kernel(
     hh_ptr, hz_ptr, sh_ptr, sz_ptr, zz_ptr,
     N, D, DZ, D_PAD, rows_per_chunk,
     stride_hn, stride_hd, stride_zn, stride_zd,
-    HALF_DOT: tl.constexpr, PRECISION: tl.constexpr,
+    HALF_DOT: tl.constexpr, PRECISION: tl.constexpr, SINGLE_TILE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_Z: tl.constexpr,
 ):
     """Partial sums of one chunk of rows (axis 0) for one tile pair (ti ≤ tj) of HᵀH (axis 1).
@@ -78,6 +85,7 @@ def _stats_kernel(
     All sums are of the shifted rows h − h₀ and z − z₀ (h₀, z₀: row 0). Diagonal programs (ti = tj)
     also sum HᵢᵀZ and the columns of Hᵢ; the (0, 0) program also the columns of Z and of Z∘Z.
     Lower tiles of HᵀH are never computed (symmetry); the host mirrors the upper ones.
+    SINGLE_TILE (d ≤ BLOCK_D, one pair): both sides of HᵀH come from one load of each row.
     """
     chunk = tl.program_id(0)
     pair = tl.program_id(1)
@@ -109,12 +117,15 @@ def _stats_kernel(
         mr = rows < row_end
         rows64 = rows.to(tl.int64)  # row * stride can pass 2³¹ at N·d beyond 2G elements
         mask_i = mr[:, None] & mi[None, :]
-        mask_j = mr[:, None] & mj[None, :]
         hi = tl.load(h_ptr + rows64[:, None] * stride_hn + ci[None, :] * stride_hd, mask=mask_i, other=0.0)
-        hj = tl.load(h_ptr + rows64[:, None] * stride_hn + cj[None, :] * stride_hd, mask=mask_j, other=0.0)
         # masked entries must be 0 after the shift, not −h₀, or they would enter every sum
         hi = tl.where(mask_i, hi.to(acc_t) - h0i[None, :], 0.0)
-        hj = tl.where(mask_j, hj.to(acc_t) - h0j[None, :], 0.0)
+        if SINGLE_TILE:
+            hj = hi
+        else:
+            mask_j = mr[:, None] & mj[None, :]
+            hj = tl.load(h_ptr + rows64[:, None] * stride_hn + cj[None, :] * stride_hd, mask=mask_j, other=0.0)
+            hj = tl.where(mask_j, hj.to(acc_t) - h0j[None, :], 0.0)
         if HALF_DOT:
             acc_hh = tl.dot(tl.trans(hi.to(h_ptr.dtype.element_ty)), hj.to(h_ptr.dtype.element_ty), acc_hh)
         else:
@@ -276,7 +287,7 @@ def _triton_stats(h: torch.Tensor, z: torch.Tensor):
         h, z, pairs, hh, hz, sh, sz, zz,
         n, d, dz, d_pad, rows_per_chunk,
         h.stride(0), h.stride(1), z.stride(0), z.stride(1),
-        HALF_DOT=half_dot, PRECISION=_precision(acc, h.device),
+        HALF_DOT=half_dot, PRECISION=_precision(acc, h.device), SINGLE_TILE=n_tiles == 1,
         BLOCK_N=cfg.block_n, BLOCK_D=cfg.block_d, BLOCK_Z=cfg.block_z, num_warps=cfg.num_warps,
     )
     upper = hh.sum(0).triu()  # (d_pad, d_pad): the diagonal tiles are whole, so their upper halves are right

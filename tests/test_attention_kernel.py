@@ -101,6 +101,54 @@ def test_fp16_matches_reference():
     assert_matches_reference(q, k, v, atol=2e-3, rtol=2e-3, horizon=7, reach_h=2.0)
 
 
+@pytest.mark.interpreter
+@interpreted
+def test_fp64_matches_reference_to_fp64_precision():
+    """fp64 values and gradients to fp64 accuracy, with a scale 1/sqrt(24) and a reach horizon 0.1 that
+    fp32 cannot hold. The interpreter passes float arguments at full precision either way; the kernels
+    read both from an fp64 tensor so the compiled path does too (bench/check_compiled.py checks it)."""
+    q, k, v = qkv(B=2, T=21, Dh=24, dtype=torch.float64)
+    assert_matches_reference(q, k, v, atol=1e-12, rtol=1e-12, horizon=9, reach_h=0.1)
+    k_past, v_past = k.detach().clone().requires_grad_(), v.detach().clone().requires_grad_()
+    out, _ = attention(q, k, v, myopic=True, k_past=k_past, v_past=v_past, reach_h=0.1, backend="triton")
+    ref, _ = attention_reference(q, k, v, myopic=True, k_past=k_past, v_past=v_past, reach_h=0.1)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v, k_past, v_past))
+    ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v, k_past, v_past))
+    for g, ref_g in zip(grads, ref_grads):
+        torch.testing.assert_close(g, ref_g, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.interpreter
+@interpreted
+def test_interpreter_refuses_bf16():
+    """bf16 arithmetic gives silent garbage in the interpreter (DESIGN §11): a clear error instead."""
+    q, k, v = qkv(T=8, dtype=torch.bfloat16, requires_grad=False)
+    with pytest.raises(ValueError, match="bf16 arithmetic is wrong in the Triton interpreter"):
+        attention(q, k, v, backend="triton")
+    out, _ = attention(q, k, v)  # backend="auto" on CPU: the reference, which handles bf16
+    assert out.dtype == torch.bfloat16
+
+
+def test_auto_dispatch_falls_back_to_the_reference_for_wide_heads():
+    """One kernel tile holds at most MAX_HEAD_DIM lanes: "auto" takes the reference beyond it on CUDA too,
+    as future_info does for d_z > MAX_DZ; naming "triton" keeps the clear error."""
+    cuda = torch.device("cuda")
+    assert K.resolve_backend("auto", cuda, K.MAX_HEAD_DIM + 1) == "reference"
+    assert K.resolve_backend("auto", cuda, K.MAX_HEAD_DIM) == ("triton" if K.HAS_TRITON else "reference")
+    assert K.resolve_backend("auto", torch.device("cpu"), 16) == "reference"
+    assert K.resolve_backend("triton", cuda, 4 * K.MAX_HEAD_DIM) == "triton"
+    assert K.resolve_backend("reference", cuda, 16) == "reference"
+
+
+@pytest.mark.interpreter
+@interpreted
+def test_explicit_triton_backend_refuses_wide_heads():
+    q, k, v = qkv(T=4, Dh=K.MAX_HEAD_DIM + 1, requires_grad=False)
+    with pytest.raises(ValueError, match=f"head dims up to {K.MAX_HEAD_DIM}"):
+        attention(q, k, v, backend="triton")
+
+
 @pytest.mark.parametrize("options", [{"horizon": 3, "reach_h": 1.0},
                                      {"horizon": 16, "reach_h": 1.5, "is_query": True}])
 @pytest.mark.interpreter

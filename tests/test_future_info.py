@@ -52,7 +52,8 @@ def _value_and_grads(h, z, backend, eps0=1e-3):
 # --------------------------------------------------------------------------------------------------
 
 # (N, d, d_z): powers of two and not; N and d below, at and across the interpreter's blocks
-# (BLOCK_N 32, BLOCK_D 16, up to 3 row chunks, so N = 200 gives chunks of 96, 96 and 8 rows).
+# (BLOCK_N 32, BLOCK_D 16, up to 3 row chunks, so N = 200 gives chunks of 96, 96 and 8 rows);
+# d <= 16 takes the one-tile path (each row loaded once), d = 33 and 40 the tile pairs.
 SHAPES = [(13, 3, 2), (32, 16, 16), (70, 40, 5), (200, 5, 17), (100, 33, 1)]
 
 
