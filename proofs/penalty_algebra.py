@@ -13,8 +13,16 @@ future_info (R² of the ridge fit of Z from H, columns centred; ε a free symbol
 - backward: ∂R²/∂H = 2 (Zc − Hc M) Mᵀ / tr(ZcᵀZc) for N = 3 rows, d = 2, d_z = 2. The inverse
   A = (HcᵀHc + εI)⁻¹ is a free matrix constrained by A (HcᵀHc + εI) = I, differentiated as
   dA = −A dS A (S = HcᵀHc + εI).
-- range: 0 ≤ R² ≤ 1, and R² = 0 exactly when HcᵀZc = 0, for N = 3, d = 1, d_z = 1 only: with d = 2
-  z3 answered unknown after 30 s for each of them.
+- range: 0 ≤ R² ≤ 1 for N = 4, d = 3, d_z = 2, with M any solution of the normal equations
+  (HcᵀHc + εI) M = HcᵀZc, which is what the kernel's solve returns. Asked directly, z3 answers unknown
+  (already at d = 2, after 30 s): the bound needs a sum-of-squares argument. So the spec proves the
+  steps and joins them by substitution:
+  (1) tzz (1 − R²) + κ = ‖Zc − Hc M‖² + ε‖M‖² and tzz R² + κ = ‖Hc M‖² + ε‖M‖², with
+      κ = tr(Mᵀ((HcᵀHc + εI) M − HcᵀZc)): polynomial identities, no assumption but tzz > 0;
+  (2) κ = 0 where M solves the normal equations;
+  (3) Σ rᵢ² + e Σ qⱼ² ≥ 0 for any reals and e > 0, so both right-hand sides of (1) are ≥ 0;
+  (4) for reals T > 0, K = 0, P ≥ 0: T (1 − R) + K = P gives R ≤ 1, and T R + K = P gives R ≥ 0.
+  R² = 0 exactly when HcᵀZc = 0 is asked directly, for N = 3, d = d_z = 1 (unknown with d = 2).
 - folded centring, as the stats kernel computes it: (H − h₀)ᵀ(Z − z₀) − N μ μᵀ = HcᵀZc, N = 3,
   d = d_z = 2 (h₀, z₀ the first rows; μ the column means of the shifted rows).
 
@@ -38,7 +46,8 @@ from constrained.proofs.algebra import Mat, derivatives, duals, equal, values, w
 from constrained.proofs.result import DEFAULT_TIMEOUT_MS, Result, check, combine
 
 N, D, DZ = 3, 2, 2  # sizes of the future_info backward claim
-RANGE_N, RANGE_D = 3, 1  # sizes of the R² range claims (d = 2 times out)
+RANGE_N, RANGE_D, RANGE_DZ = 4, 3, 2  # sizes of the R² bounds
+ZERO_N, ZERO_D = 3, 1  # sizes of "R² = 0 exactly when uncorrelated" (d = 2 times out)
 ROW = 4  # keys in the reach row
 
 
@@ -79,16 +88,43 @@ def future_info_backward(timeout_ms: int, grad_h=formulas.future_info_grad_h):
 
 
 def future_info_range(timeout_ms: int):
-    h, z, eps, a, given = _ridge(RANGE_N, RANGE_D, 1)
+    h, z = Mat.symbols("H", RANGE_N, RANGE_D), Mat.symbols("Z", RANGE_N, RANGE_DZ)
+    m = Mat.symbols("M", RANGE_D, RANGE_DZ)
+    eps = z3.Real("eps")
+    r2, _ = formulas.future_info_r2(h, z, lambda chh, chz: m)  # M: any solution of the normal equations
+    hc, zc = formulas.centre(h), formulas.centre(z)
+    chz, tzz = hc.mT @ zc, (zc * zc).sum()
+    normal = (hc.mT @ hc + Mat.identity(RANGE_D) * eps) @ m - chz  # (d, d_z), zero at the ridge solution
+    kappa = (m * normal).sum()
+    residual, fitted = zc - hc @ m, hc @ m
+    upper = (residual * residual).sum() + eps * (m * m).sum()
+    lower = (fitted * fitted).sum() + eps * (m * m).sum()
+    named = {**h.named("H"), **z.named("Z"), **m.named("M"), "eps": eps}
+    rs = z3.Reals(" ".join(f"r{i}" for i in range(RANGE_N * RANGE_DZ)))
+    qs = z3.Reals(" ".join(f"q{i}" for i in range(RANGE_D * RANGE_DZ)))
+    T, R, K, P, e = z3.Reals("T R K P e")
+    steps = {"T": T, "R": R, "K": K, "P": P}
+    return [
+        _check("(1) tzz (1 − R²) + κ = ‖Zc − Hc M‖² + ε‖M‖²", tzz * (1 - r2) + kappa == upper, [tzz > 0], named,
+               timeout_ms),
+        _check("(1) tzz R² + κ = ‖Hc M‖² + ε‖M‖²", tzz * r2 + kappa == lower, [tzz > 0], named, timeout_ms),
+        _check("(2) κ = 0 at the ridge solution", kappa == 0, [eps > 0, equal(normal, normal * 0)], named,
+               timeout_ms),
+        _check("(3) Σ r² + e Σ q² >= 0", sum(r * r for r in rs) + e * sum(q * q for q in qs) >= 0, [e > 0],
+               {"e": e}, timeout_ms),
+        _check("(4) R² <= 1", R <= 1, [T > 0, K == 0, P >= 0, T * (1 - R) + K == P], steps, timeout_ms),
+        _check("(4) R² >= 0", R >= 0, [T > 0, K == 0, P >= 0, T * R + K == P], steps, timeout_ms),
+        future_info_zero(timeout_ms),
+    ]
+
+
+def future_info_zero(timeout_ms: int):
+    h, z, eps, a, given = _ridge(ZERO_N, ZERO_D, 1)
     r2, _ = formulas.future_info_r2(h, z, lambda chh, chz: a @ chz)
     chz = formulas.centre(h).mT @ formulas.centre(z)
     named = {**h.named("H"), **z.named("Z"), "eps": eps}
     uncorrelated = z3.And([x == 0 for x in chz.entries()])
-    return [
-        _check("R² >= 0", r2 >= 0, given, named, timeout_ms),
-        _check("R² <= 1", r2 <= 1, given, named, timeout_ms),
-        _check("R² = 0 exactly when HcᵀZc = 0", (r2 == 0) == uncorrelated, given, named, timeout_ms),
-    ]
+    return _check("R² = 0 exactly when HcᵀZc = 0", (r2 == 0) == uncorrelated, given, named, timeout_ms)
 
 
 def folded_centring(timeout_ms: int):
