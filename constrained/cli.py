@@ -11,6 +11,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from constrained import checkpoint
+
 SHORT_HELP = """usage: constrained COMMAND [options]
 
 Train transformers under architectural constraints and measure mesa-optimization signatures.
@@ -60,6 +62,25 @@ class CLI(LightningCLI):
             parser.link_arguments("data", f"model.init_args.{target}", compute_fn=_getter(attr),
                                   apply_on="instantiate")
         parser.link_arguments("seed_everything", "data.init_args.seed", compute_fn=_data_seed)
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning replaces the model's config with the hyperparameters stored in a checkpoint when --ckpt_path
+        names a file (not for `last`), silently dropping options given for this run, e.g. a test-time
+        planner_budget. Here the config given is the run, whichever way the checkpoint is named: a config that
+        does not fit the weights fails at load_state_dict, naming the keys. The checkpoint is read once here,
+        safely, so a missing or corrupt file is named before anything is built."""
+        sub = self.config.get("subcommand")
+        ckpt_path = self.config[sub].get("ckpt_path") if sub else None
+        if not ckpt_path:
+            return
+        path = Path(ckpt_path)
+        if ckpt_path == "last":  # Lightning resolves it through the checkpoint callback; a fresh run has none yet
+            path = Path(self.config[sub].trainer.get("default_root_dir") or "runs/default") / "checkpoints/last.ckpt"
+            if not path.is_file():
+                return
+        elif ckpt_path in ("best", "hpc", "registry"):
+            return
+        checkpoint.read(path)
 
     def _instantiate_trainer(self, config, callbacks):
         root = Path(config.get("default_root_dir") or "runs/default")
@@ -216,9 +237,21 @@ def _proof_table(results) -> str:
     return "\n".join(lines)
 
 
+def user_error(e: BaseException) -> str | None:
+    """The one-line message of an error the user can fix, None for anything else (a bug: full traceback)."""
+    if isinstance(e, USER_ERRORS):
+        return str(root_cause(e))
+    if isinstance(e, RuntimeError) and "Error(s) in loading state_dict" in str(e):
+        lines = [line.strip() for line in str(e).splitlines()[1:] if line.strip()]
+        more = f" (and {len(lines) - 3} more)" if len(lines) > 3 else ""
+        return "the checkpoint's weights do not fit this config: " + "; ".join(lines[:3]) + more
+    return None
+
+
 def root_cause(e: BaseException) -> BaseException:
-    """The innermost explicit cause: jsonargparse wraps a constructor's ValueError in its own."""
-    while e.__cause__ is not None:
+    """The innermost explicit cause that is itself a user error: jsonargparse wraps a constructor's ValueError in
+    its own, while a CheckpointError's cause (torch's unpickler) is only the detail."""
+    while isinstance(e.__cause__, USER_ERRORS):
         e = e.__cause__
     return e
 
@@ -232,10 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     if command in TRAINING:
         try:
             run_training(None if argv is None else args)
-        except USER_ERRORS as e:
-            if os.environ.get("CONSTRAINED_DEBUG"):
+        except (*USER_ERRORS, RuntimeError) as e:
+            message = user_error(e)
+            if message is None or os.environ.get("CONSTRAINED_DEBUG"):
                 raise
-            print(f"constrained {command}: error: {root_cause(e)}\n(CONSTRAINED_DEBUG=1 shows the traceback)",
+            print(f"constrained {command}: error: {message}\n(CONSTRAINED_DEBUG=1 shows the traceback)",
                   file=sys.stderr)
             return 2
     elif command == "ablate":

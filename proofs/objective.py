@@ -46,6 +46,8 @@ import z3
 from constrained.proofs.result import DEFAULT_TIMEOUT_MS, PROVED, REFUTED, UNKNOWN, Claim, Result, combine
 from torch import nn
 
+from constrained import checkpoint
+from constrained.checkpoint import CheckpointError
 from constrained.objective import Objective
 
 NAME = "objective"
@@ -223,29 +225,14 @@ def render(counterexample: dict, m: int) -> str:
 # -------------------------------------------------------------------------------------- checkpoints
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be verified; the message names the file and the problem."""
-
-
 REQUIRED_HPARAMS = ("objective_hidden", "objective_max_params", "n_ctx")
 
 
 def load(path: str | Path) -> tuple[Objective, dict]:
     """(objective module, hyper_parameters) of a modular model's Lightning checkpoint."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many kinds here (pickle, zip, EOF, runtime)
-        detail = _load_error(e)
-        if detail.startswith("Unsupported global"):  # a real checkpoint holding arbitrary Python objects
-            raise CheckpointError(f"cannot read checkpoint {path}: it holds objects other than tensors and plain "
-                                  f"data, which a safe (weights_only) load refuses ({detail})") from e
-        raise CheckpointError(f"cannot read checkpoint {path}: not a torch checkpoint, or truncated ({detail})") from e
+    ckpt = checkpoint.read(path)
     not_modular = f"not a modular model checkpoint (no objective module): {path}"
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        raise CheckpointError(f"{not_modular} has no state_dict")
     weights = {k[len("objective."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("objective.")}
     if not weights:
         raise CheckpointError(f"{not_modular} has no objective.* weights")
@@ -260,15 +247,6 @@ def load(path: str | Path) -> tuple[Objective, dict]:
     except (ValueError, RuntimeError) as e:
         raise CheckpointError(f"objective module in {path} does not match its hyper_parameters: {e}") from e
     return objective.eval(), dict(hparams)
-
-
-def _load_error(e: Exception) -> str:
-    """The informative line of a torch.load error: for a refused safe load, what the unpickler met
-    (its first line is only boilerplate about the weights_only default)."""
-    text = str(e).strip()
-    if "WeightsUnpickler error:" in text:
-        text = text.split("WeightsUnpickler error:", 1)[1].strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _grid_size(n_ctx: int, path: Path) -> int:

@@ -150,3 +150,16 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 6
+
+
+@pytest.mark.parametrize("content", [b"garbage" * 10, b""])
+def test_corrupt_checkpoint_is_named_before_anything_runs(tmp_path, capsys, content):
+    main(["fit", *fast_args(tmp_path)])
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    ckpt.write_bytes(content)
+    for where in ("last", str(ckpt)):
+        assert main(["test", *fast_args(tmp_path), "--ckpt_path", where]) == 2
+        err = capsys.readouterr().err
+        assert f"cannot read checkpoint {ckpt}" in err and "weights_only=False" not in err, err
+    assert main(["test", *fast_args(tmp_path), "--ckpt_path", str(tmp_path / "nope.ckpt")]) == 2
+    assert "nope.ckpt not found" in capsys.readouterr().err

@@ -201,6 +201,19 @@ def test_fit_then_test_writes_rollout_metrics_and_traces(tmp_path):
     assert not (tmp_path / "traces" / "episode_shifted_2.json").exists()
 
 
+def test_options_given_at_test_time_win_over_the_checkpoints(tmp_path, capsys):
+    main(["fit", *fast_args(tmp_path, "modular_any_state")])
+    ckpt = str(tmp_path / "checkpoints" / "last.ckpt")  # a file path: Lightning's CLI would reload its hparams
+    args = [*fast_args(tmp_path, "modular_any_state"), "--ckpt_path", ckpt, "--verbose", "false"]
+    main(["test", *args, "--model.init_args.planner_budget", "1", "--model.init_args.save_traces", "1"])
+    trace = json.loads((tmp_path / "traces" / "episode_shifted_0.json").read_text())
+    assert all(len(s["expansions"]) == 1 for s in trace["steps"])
+    assert not (tmp_path / "traces" / "episode_shifted_1.json").exists()
+    bigger = ["--model.init_args.d_model", "32"]  # weights that do not fit the config: a clear error
+    assert main(["test", *args, *bigger]) == 2
+    assert "the checkpoint's weights do not fit this config: size mismatch for net." in capsys.readouterr().err
+
+
 def test_traced_episodes_are_the_rollouts_episodes(tmp_path):
     model, task = tiny().eval(), Maze(m=2, n_test=8)
     b = task.eval_set("shifted")
