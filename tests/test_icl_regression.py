@@ -95,7 +95,7 @@ def test_shift_overrides_only_given_fields():
     assert IclRegression().test_splits == ["test"]
 
 
-@pytest.mark.parametrize("kw,match", [({"n_points": 0}, "n_points"), ({"d": 0}, "data.d"),
+@pytest.mark.parametrize("kw,match", [({"n_points": 0}, "n_points"), ({"d": 0}, "data.init_args.d"),
                                       ({"token_format": "other"}, "token_format"), ({"x_scale": 0.0}, "x_scale")])
 def test_bad_data_arguments(kw, match):
     with pytest.raises(ValueError, match=match):

@@ -183,11 +183,11 @@ def test_probe_targets_and_future_signal():
 
 
 @pytest.mark.parametrize("kwargs,name", [
-    ({"m": 1}, "data.m"),
+    ({"m": 1}, "data.init_args.m"),
     ({"m": 3, "c": 4}, "larger than the maze"),
-    ({"m": 3, "c": 3}, "data.c"),
-    ({"c": 0}, "data.c"),
-    ({"batch_size": 0}, "data.batch_size"),
+    ({"m": 3, "c": 3}, "data.init_args.c"),
+    ({"c": 0}, "data.init_args.c"),
+    ({"batch_size": 0}, "data.init_args.batch_size"),
 ])
 def test_bad_arguments_name_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=name):

@@ -91,14 +91,14 @@ def test_probe_target_is_the_next_target():
 
 
 @pytest.mark.parametrize("kwargs,name", [
-    ({"K": 0}, "data.K"),
-    ({"T": 10, "K": 10}, "data.T"),
-    ({"T": 5, "K": 10}, "data.T"),
-    ({"p": 1.5}, "data.p"),
-    ({"p": -0.1}, "data.p"),
-    ({"a": 0.0}, "data.a"),
-    ({"a": -3.0}, "data.a"),
-    ({"batch_size": 0}, "data.batch_size"),
+    ({"K": 0}, "data.init_args.K"),
+    ({"T": 10, "K": 10}, "data.init_args.T"),
+    ({"T": 5, "K": 10}, "data.init_args.T"),
+    ({"p": 1.5}, "data.init_args.p"),
+    ({"p": -0.1}, "data.init_args.p"),
+    ({"a": 0.0}, "data.init_args.a"),
+    ({"a": -3.0}, "data.init_args.a"),
+    ({"batch_size": 0}, "data.init_args.batch_size"),
 ])
 def test_bad_arguments_name_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=name):
