@@ -43,8 +43,7 @@ def records_from_csv(path: Path) -> list[dict]:
         for row in csv.DictReader(f):
             key = (row["task"], row["variant"], int(row["seed"]))
             rec = runs.setdefault(key, {"grid": path.parent.name, "task": key[0], "variant": key[1], "seed": key[2],
-                                        "status": "ok", "metrics": {}, "headline": headline,
-                                        "folder": str(path.parent / "_no_run_folder")})
+                                        "status": "ok", "metrics": {}, "headline": headline})
             rec["metrics"][row["metric"]] = float(row["value"])
     return list(runs.values())
 
@@ -225,8 +224,9 @@ def plot_task_curves(records: list[dict], out: Path) -> list[Path]:
 
 
 def _ok_with(records: list[dict], name: str) -> list[tuple[dict, Path]]:
+    """(record, its run folder's file `name`) of finished runs that have one (records from a csv have no folder)."""
     return [(r, Path(r["folder"]) / name) for r in records
-            if r["status"] == "ok" and (Path(r["folder"]) / name).is_file()]
+            if r["status"] == "ok" and r.get("folder") and (Path(r["folder"]) / name).is_file()]
 
 
 def _icl_curves(records: list[dict], out: Path) -> list[Path]:
@@ -236,7 +236,7 @@ def _icl_curves(records: list[dict], out: Path) -> list[Path]:
         if r["status"] != "ok":
             continue
         rows = icl_curve.rows_from_metrics(r["metrics"])
-        if not rows and (Path(r["folder"]) / "icl_curve.csv").is_file():
+        if not rows and r.get("folder") and (Path(r["folder"]) / "icl_curve.csv").is_file():
             rows = icl_curve.read(Path(r["folder"]) / "icl_curve.csv")
         if rows:
             curves[r["variant"]].append(rows)
