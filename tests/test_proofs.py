@@ -235,3 +235,14 @@ def test_isolation_refuted_when_the_policy_reads_the_objective():
     assert result.status == "refuted"
     assert result.claims["modular: policy loss has no path into the objective"] == "refuted"
     assert result.counterexample == {"term": "task"}
+
+
+def test_r2_bounds_are_refuted_for_a_forward_with_the_wrong_denominator(monkeypatch):
+    def uncentred_total(h, z, solve):  # tr(ZᵀZ) instead of tr(ZcᵀZc): R² can exceed 1
+        hc, zc = formulas.centre(h), formulas.centre(z)
+        return formulas.ridge_r2(hc.mT @ hc, hc.mT @ zc, (z * z).sum(), solve)
+
+    monkeypatch.setattr(formulas, "future_info_r2", uncentred_total)
+    claims = {c.name: c for c in penalty_algebra.future_info_range(5000)}
+    identities = [c for name, c in claims.items() if name.startswith("(1)")]
+    assert len(identities) == 2 and all(c.status == "refuted" and c.counterexample for c in identities)
