@@ -67,8 +67,9 @@ class CLI(LightningCLI):
         """Lightning replaces the model's config with the hyperparameters stored in a checkpoint when --ckpt_path
         names a file (not for `last`), silently dropping options given for this run, e.g. a test-time
         planner_budget. Here the config given is the run, whichever way the checkpoint is named: a config that
-        does not fit the weights fails at load_state_dict, naming the keys. The checkpoint is read once here,
-        safely, so a missing or corrupt file is named before anything is built."""
+        does not fit the weights fails at load_state_dict, naming the keys. The checkpoint is also read here
+        (safely, weights_only), before Lightning reads it again, so that a missing or corrupt file is named
+        before anything is built: one extra load at start-up, never in the training loop."""
         sub = self.config.get("subcommand")
         ckpt_path = self.config[sub].get("ckpt_path") if sub else None
         if not ckpt_path:
