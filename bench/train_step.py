@@ -23,7 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import append, device_name, row  # noqa: E402
 
-from constrained import IclRegression, Precache, SequenceModel  # noqa: E402
+from constrained.models.sequence_model import SequenceModel  # noqa: E402
+from constrained.tasks.icl_regression.task import IclRegression  # noqa: E402
+from constrained.tasks.precache import Precache  # noqa: E402
 
 VARIANTS = {
     "baseline": {},

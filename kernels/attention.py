@@ -4,7 +4,7 @@ Plain fused attentions (scaled_dot_product_attention, flash-attention) take a ca
 mask, and differentiate the function they compute. The constrained models need three things they
 cannot give without a T×T matrix in memory:
 
-- horizon h: the mask comes from `constrained.mask.attends`, the predicate the model and the z3 spec
+- horizon h: the mask comes from `constrained.models.mask.attends`, the predicate the model and the z3 spec
   use, evaluated in-kernel per tile; key tiles wholly outside [i - h + 1, i] are never visited, so
   attention costs O(T·h) instead of O(T²).
 - myopic gradient: keys and values of other positions are read as detached, so dK and dV come only
@@ -24,7 +24,7 @@ import types
 import torch
 from constrained.proofs import formulas
 
-from constrained.mask import attends
+from constrained.models.mask import attends
 
 try:
     import triton
@@ -711,7 +711,7 @@ def attention(q, k, v, horizon=None, myopic=False, reach_h=None, is_query=None, 
               backend="auto"):
     """Causal attention of q, k, v (B, H, T, Dh) with scale 1/sqrt(Dh) -> (out, reach).
 
-    horizon: position i reads only j with i - h < j <= i (constrained.mask.attends).
+    horizon: position i reads only j with i - h < j <= i (constrained.models.mask.attends).
     myopic: a position's own key and value get gradient from its own query only; other positions
         read k_past, v_past (default k.detach(), v.detach(): no gradient at all). Forward unchanged.
     k_past, v_past: with myopic, the keys and values as other positions read them, holding the same

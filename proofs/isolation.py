@@ -38,7 +38,7 @@ import time
 import torch
 from constrained.proofs.result import DEFAULT_TIMEOUT_MS, PROVED, REFUTED, Claim, Result, combine
 
-from constrained.transformer import Transformer
+from constrained.models.transformer import Transformer
 
 NAME = "isolation"
 T, D_IN, D_OUT = 6, 3, 2
@@ -88,8 +88,8 @@ def check_model(label: str, model: Transformer) -> list[Claim]:
 
 def build_modular(cls=None):
     """A small ModularModel on 2 x 2-cell mazes (5 x 5 grid) and a batch of 4 training episodes."""
-    from constrained.maze import ACTIONS, N_FEATURES, Maze
-    from constrained.modular import ModularModel
+    from constrained.tasks.maze.task import ACTIONS, N_FEATURES, Maze
+    from constrained.models.modular import ModularModel
 
     task = Maze(m=2, c=1)
     with torch.random.fork_rng(devices=[]):

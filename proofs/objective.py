@@ -1,6 +1,6 @@
 """Spec: the modular model's objective module ranks the cheese above every other square, in every maze.
 
-The property (the maze task's declared objective, `constrained.maze.reward`: 1 on the cheese, at most
+The property (the maze task's declared objective, `constrained.tasks.maze.task.reward`: 1 on the cheese, at most
 −1/(2m²) anywhere else), stated for the trained module itself. With score(agent, cheese) the module's
 output, for every cheese square q and every agent square p ≠ q of the domain D:
 
@@ -48,7 +48,7 @@ from torch import nn
 
 from constrained import checkpoint
 from constrained.checkpoint import CheckpointError
-from constrained.objective import Objective
+from constrained.models.objective import Objective
 
 NAME = "objective"
 # The labels are 1 at the cheese and at most −1/(2m²) ≤ 0 elsewhere: a gap above 1. A quarter of it

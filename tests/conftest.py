@@ -6,7 +6,7 @@ os.environ["TRITON_INTERPRET"] = "1"
 import pytest
 import torch
 
-from constrained.transformer import Transformer
+from constrained.models.transformer import Transformer
 
 CONFIGS = "configs/icl_regression"
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from constrained.ablation import GridError, load_grid, parse_shard
+from constrained.experiments.runner import GridError, load_grid, parse_shard
 from constrained.cli import main
-from constrained.report import load_records
+from constrained.experiments.report import load_records
 
 TINY = {
     "trainer.max_steps": 4, "trainer.val_check_interval": 2, "model.init_args.d_model": 16,

@@ -17,7 +17,7 @@ import pytest
 import torch
 from constrained.kernels.attention import FusedAttention, attention, attention_reference
 
-from constrained.mask import attends
+from constrained.models.mask import attends
 
 interpreted = pytest.mark.skipif(
     not K.INTERPRETED, reason="triton was imported before TRITON_INTERPRET=1; test_interpreter_tests_in_subprocess "
@@ -229,8 +229,8 @@ def test_myopic_with_past_keys_matches_reference(T):
 def test_myopic_kernel_reproduces_the_model_reference():
     """Keys and values of the detached hidden states as k_past, v_past: the kernel gives the gradients of
     Attention._reference in transformer.py, for the input and for the projection weights alike."""
-    from constrained.mask import attention_mask
-    from constrained.transformer import Attention
+    from constrained.models.mask import attention_mask
+    from constrained.models.transformer import Attention
 
     T = 12
     attn = Attention(d_model=32, n_heads=2, myopic_gradient=True)

@@ -30,7 +30,7 @@ def test_every_config_parses(variant, capsys):
         main(["fit", "--config", f"{CONFIGS}/base.yaml", "--config", f"{CONFIGS}/{variant}.yaml", "--print_config"])
     assert exit_.value.code in (0, None)
     out = capsys.readouterr().out
-    assert "constrained.SequenceModel" in out and f"runs/icl_regression/{variant}" in out
+    assert "constrained.models.sequence_model.SequenceModel" in out and f"runs/icl_regression/{variant}" in out
 
 
 def test_fit_then_test_writes_run_folder(tmp_path):
@@ -80,7 +80,7 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path):
 
 
 def test_nan_loss_stops_training_with_step_and_term(tmp_path, monkeypatch, capsys):
-    from constrained.sequence_model import SequenceModel
+    from constrained.models.sequence_model import SequenceModel
 
     original = SequenceModel.task_loss
 

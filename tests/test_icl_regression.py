@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from constrained import algorithms
-from constrained.icl_regression import Distribution, IclRegression, Shift, sample, tokenize
+from constrained.tasks.icl_regression import algorithms
+from constrained.tasks.icl_regression.task import Distribution, IclRegression, Shift, sample, tokenize
 from constrained.seeding import generator
 
 
@@ -17,7 +17,7 @@ def test_training_stream_is_a_pure_function_of_seed_step_rank():
 
 
 def test_train_stream_resumes_at_global_step():
-    from constrained.task import TrainStream
+    from constrained.tasks.task import TrainStream
 
     dm = IclRegression(seed=1, batch_size=4)
     from_zero = iter(TrainStream(dm, 0, 0))

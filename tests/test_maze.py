@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from constrained import SequenceModel
+from constrained.models.sequence_model import SequenceModel
 from constrained.cli import main
-from constrained.maze import ACTIONS, AGENT, CHEESE, FREE, QUERY, WALL, Maze, bfs, carve, shortest_path_actions
+from constrained.tasks.maze.task import ACTIONS, AGENT, CHEESE, FREE, QUERY, WALL, Maze, bfs, carve, shortest_path_actions
 from constrained.seeding import generator
 
 CONFIGS = "configs/maze"
@@ -341,5 +341,5 @@ def test_configs_parse(variant, capsys):
         main(["fit", "--config", f"{CONFIGS}/base.yaml", "--config", f"{CONFIGS}/{variant}.yaml", "--print_config"])
     assert exit_.value.code in (0, None)
     out = capsys.readouterr().out
-    assert "constrained.Maze" in out and f"runs/maze/{variant}" in out
+    assert "constrained.tasks.maze.Maze" in out and f"runs/maze/{variant}" in out
     assert f"myopic_gradient: {'true' if variant == 'myopic' else 'false'}" in out

@@ -5,11 +5,12 @@ import types
 import pytest
 import torch
 
-from constrained import IclRegression, ModularModel
+from constrained.models.modular import ModularModel
+from constrained.tasks.icl_regression.task import IclRegression
 from constrained.cli import main
-from constrained.maze import Maze, bfs, objective_samples, parse, random_free_squares, render
-from constrained.modular import episode, save_traces
-from constrained.objective import n_params
+from constrained.tasks.maze.task import Maze, bfs, objective_samples, parse, random_free_squares, render
+from constrained.models.modular import episode, save_traces
+from constrained.models.objective import n_params
 from constrained.seeding import generator
 from tests.test_maze import HAND_WALL, free_squares
 
@@ -111,7 +112,7 @@ def test_objective_size_bound_is_enforced():
 @pytest.mark.parametrize("kw,match", [
     ({"objective_data": "everywhere"}, "objective_data"),
     ({"planner_budget": 0}, "planner_budget"),
-    ({"n_ctx": 31}, "constrained.Maze"),
+    ({"n_ctx": 31}, "constrained.tasks.maze.Maze"),
     ({"save_traces": -1}, "save_traces"),
 ])
 def test_bad_arguments_are_refused_by_name(kw, match):
@@ -122,7 +123,7 @@ def test_bad_arguments_are_refused_by_name(kw, match):
 def test_a_non_maze_data_module_is_refused():
     model = tiny()
     model._trainer = types.SimpleNamespace(datamodule=IclRegression())
-    with pytest.raises(ValueError, match="constrained.Maze"):
+    with pytest.raises(ValueError, match="constrained.tasks.maze.Maze"):
         model.setup("fit")
 
 
@@ -151,7 +152,7 @@ def test_configs_parse(variant, capsys):
         main(["fit", "--config", f"{CONFIGS}/base.yaml", "--config", f"{CONFIGS}/{variant}.yaml", "--print_config"])
     assert exit_.value.code in (0, None)
     out = capsys.readouterr().out
-    assert "constrained.ModularModel" in out and "myopic_gradient: true" in out
+    assert "constrained.models.modular.ModularModel" in out and "myopic_gradient: true" in out
     assert f"objective_data: {variant.removeprefix('modular_')}" in out
 
 

@@ -4,8 +4,8 @@ from types import SimpleNamespace
 import pytest
 
 from constrained.cli import main
-from constrained.icl_regression import IclRegression
-from constrained.monitor import ProbeMonitor
+from constrained.tasks.icl_regression.task import IclRegression
+from constrained.measure.monitor import ProbeMonitor
 from tests.conftest import fast_args
 
 

@@ -12,8 +12,8 @@ from constrained.proofs import objective as spec
 from constrained.proofs.result import PROVED, REFUTED, UNKNOWN
 
 from constrained.cli import main
-from constrained.maze import carve, reward
-from constrained.objective import Objective
+from constrained.tasks.maze.task import carve, reward
+from constrained.models.objective import Objective
 
 pytestmark = pytest.mark.proof
 

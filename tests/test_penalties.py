@@ -4,11 +4,11 @@ import json
 import pytest
 import torch
 
-from constrained import penalties as P
-from constrained import signatures
+from constrained.measure import penalties as P
+from constrained.measure import signatures
 from constrained.cli import main
-from constrained.icl_regression import IclRegression
-from constrained.precache import Precache
+from constrained.tasks.icl_regression.task import IclRegression
+from constrained.tasks.precache import Precache
 from tests.conftest import fast_args, tiny
 
 

@@ -3,8 +3,8 @@ import random
 import pytest
 import torch
 
-from constrained.maze import ACTIONS, Maze, bfs, reward
-from constrained.planner import plan
+from constrained.tasks.maze.task import ACTIONS, Maze, bfs, reward
+from constrained.models.planner import plan
 from constrained.seeding import generator
 from tests.test_maze import HAND_WALL, free_squares, neighbours
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from constrained.cli import main
-from constrained.precache import Precache, precache_targets
+from constrained.tasks.precache import Precache, precache_targets
 from constrained.seeding import generator
 
 CONFIGS = "configs/precache"
@@ -162,5 +162,5 @@ def test_configs_parse(variant, capsys):
         main(["fit", "--config", f"{CONFIGS}/base.yaml", "--config", f"{CONFIGS}/{variant}.yaml", "--print_config"])
     assert exit_.value.code in (0, None)
     out = capsys.readouterr().out
-    assert "constrained.Precache" in out and f"runs/precache/{variant}" in out
+    assert "constrained.tasks.precache.Precache" in out and f"runs/precache/{variant}" in out
     assert f"myopic_gradient: {'true' if variant == 'myopic' else 'false'}" in out

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from constrained.icl_regression import IclRegression
-from constrained.probes import linear_auroc, probe_scores, random_control, ridge_r2
+from constrained.tasks.icl_regression.task import IclRegression
+from constrained.measure.probes import linear_auroc, probe_scores, random_control, ridge_r2
 from constrained.seeding import generator
 from tests.conftest import tiny
 

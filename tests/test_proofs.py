@@ -13,7 +13,7 @@ from constrained.proofs import formulas, isolation, mask, penalty_algebra, runne
 from constrained.proofs.result import PROVED, REFUTED, UNKNOWN, check
 
 from constrained.cli import main
-from constrained.mask import attends
+from constrained.models.mask import attends
 
 pytestmark = pytest.mark.proof
 
@@ -223,7 +223,7 @@ def test_isolation_covers_the_modular_model():
 
 
 def test_isolation_refuted_when_the_policy_reads_the_objective():
-    from constrained.modular import ModularModel
+    from constrained.models.modular import ModularModel
 
     class Leaky(ModularModel):  # the policy's loss sees the objective's score: a path the spec must find
         def loss_terms(self, batch):

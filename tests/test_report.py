@@ -3,8 +3,8 @@ import math
 
 import pytest
 
-from constrained.maze_report import read_proxy
-from constrained.report import markdown, paired_gap, report, summarize
+from constrained.tasks.maze.report import read_proxy
+from constrained.experiments.report import markdown, paired_gap, report, summarize
 
 
 def test_summary_math_by_hand():
@@ -130,7 +130,7 @@ def test_every_invocations_wall_time_is_reported(tmp_path):
 
 
 def test_e_k_plot_from_logged_metrics(tmp_path):
-    from constrained import icl_curve
+    from constrained.tasks.icl_regression import curve as icl_curve
 
     for variant, scale in (("baseline", 0.1), ("myopic", 0.6)):
         for seed in (0, 1):

@@ -9,9 +9,9 @@ from typing import Literal
 
 import torch
 
-from constrained import algorithms, icl_curve
+from constrained.tasks.icl_regression import algorithms, curve as icl_curve
 from constrained.seeding import generator
-from constrained.task import Task
+from constrained.tasks.task import Task
 
 GD_TUNE = 4  # random stream of the held set that tunes the GD step size (after task.STREAMS)
 

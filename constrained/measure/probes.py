@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.classification import binary_auroc
 
-from constrained.transformer import Transformer
+from constrained.models.transformer import Transformer
 
 # name -> (mask (n, T) bool, values (n, T, k)); float values get a ridge probe (R²), bool values (k = 1) a
 # logistic classifier probe (AUROC)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from constrained.kernels.future_info import residualize
-from constrained.task import Task
+from constrained.tasks.task import Task
 
 # Action = class index of the label: (row, col) step on the grid; row 0 is the top.
 ACTIONS = ((-1, 0), (1, 0), (0, -1), (0, 1))

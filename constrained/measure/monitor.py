@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import lightning as L
 
-from constrained import probes
-from constrained.transformer import Transformer
+from constrained.measure import probes
+from constrained.models.transformer import Transformer
 
 
 class ProbeMonitor(L.Callback):
@@ -28,7 +28,7 @@ class ProbeMonitor(L.Callback):
         dm = trainer.datamodule
         if not hasattr(dm, "probe_targets"):
             raise TypeError(f"ProbeMonitor needs a task with probe_targets(batch); {type(dm).__name__} has none: "
-                            f"remove constrained.monitor.ProbeMonitor from trainer.callbacks")
+                            f"remove constrained.measure.monitor.ProbeMonitor from trainer.callbacks")
         self.batch = {k: v[: self.n_sequences] for k, v in dm.eval_set("val").items()}
         self.targets = dm.probe_targets(self.batch)
         self.seed = dm.eval_seed

@@ -15,10 +15,10 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from constrained import penalties as penalty_lib
-from constrained import probes, signatures
-from constrained.penalties import AdversarialProbes, Penalty
-from constrained.transformer import Transformer
+from constrained.measure import penalties as penalty_lib
+from constrained.measure import probes, signatures
+from constrained.measure.penalties import AdversarialProbes, Penalty
+from constrained.models.transformer import Transformer
 
 
 class SequenceModel(L.LightningModule):

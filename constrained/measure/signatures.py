@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from constrained.kernels.future_info import future_info
-from constrained.transformer import Transformer
+from constrained.models.transformer import Transformer
 
 
 def residual_streams(cache: dict[str, torch.Tensor], n_layers: int) -> list[torch.Tensor]:

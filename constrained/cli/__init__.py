@@ -120,7 +120,7 @@ def run_training(args: list[str] | None) -> None:
 
 
 def curves(run_dirs: list[str]) -> None:
-    from constrained import icl_curve
+    from constrained.tasks.icl_regression import curve as icl_curve
 
     data = {}
     for d in run_dirs:
@@ -136,7 +136,7 @@ def curves(run_dirs: list[str]) -> None:
 def ablate_command(rest: list[str]) -> int:
     import argparse
 
-    from constrained.ablation import GridError, ablate
+    from constrained.experiments.runner import GridError, ablate
 
     p = argparse.ArgumentParser(prog="constrained ablate", description="Train and test every variant x seed of a grid.")
     p.add_argument("grid", help="grid YAML, e.g. configs/ablations/icl_regression.yaml")
@@ -156,7 +156,7 @@ def ablate_command(rest: list[str]) -> int:
 def report_command(rest: list[str]) -> int:
     import argparse
 
-    from constrained.report import report
+    from constrained.experiments.report import report
 
     p = argparse.ArgumentParser(prog="constrained report", description="Merge run records into a report.")
     p.add_argument("dirs", nargs="+", help="grid output folders (one per shard, or one merged)")

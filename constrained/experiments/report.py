@@ -9,7 +9,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from constrained import icl_curve, maze_report
+from constrained.tasks.icl_regression import curve as icl_curve
+from constrained.tasks.maze import report as maze_report
 
 HEADLINES = "headlines.json"  # beside results.csv: each grid's headline metrics, for a report made from the csv
 
@@ -84,7 +85,7 @@ def paired_gap(values: dict[str, dict[int, float]], variant: str, reference: str
 def headline_for(records: list[dict]) -> dict:
     """The task's current HEADLINE, so a report made after a metric is added shows it; the one stored
     in the records when the base config is gone."""
-    from constrained.ablation import headline_of
+    from constrained.experiments.runner import headline_of
 
     for r in records:
         args = r.get("args", [])
@@ -100,7 +101,7 @@ def task_headline(task: str) -> dict:
     """HEADLINE of the task class defined in constrained/<task>.py (records read from a results.csv)."""
     import importlib
 
-    from constrained.task import Task
+    from constrained.tasks.task import Task
 
     try:
         module = importlib.import_module(f"constrained.{task}")

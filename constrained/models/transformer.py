@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from constrained.hooks import HookedModule, HookPoint
+from constrained.models.hooks import HookedModule, HookPoint
 from constrained.kernels.attention import attention as fused_attention
 from constrained.kernels.attention import reach_from_pattern
-from constrained.mask import attention_mask
+from constrained.models.mask import attention_mask
 
 
 class Attention(nn.Module):

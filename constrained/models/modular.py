@@ -18,11 +18,11 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from constrained import maze
-from constrained.objective import Objective
-from constrained.planner import Trace, check_budget, plan
+from constrained.tasks.maze import task as maze
+from constrained.models.objective import Objective
+from constrained.models.planner import Trace, check_budget, plan
 from constrained.seeding import generator
-from constrained.sequence_model import SequenceModel
+from constrained.models.sequence_model import SequenceModel
 
 OBJECTIVE_DATA = ("policy_distribution", "any_state")
 OBJECTIVE_STREAM = 4  # random stream of the any-state cheese draws (the task's streams are 0-3)
@@ -60,7 +60,7 @@ class ModularModel(SequenceModel):
         G = math.isqrt(max(n_ctx - 1, 0))
         if G * G != n_ctx - 1 or G < 5 or G % 2 == 0:
             raise ValueError(f"ModularModel needs the maze's tokens: n_ctx = G*G + 1 with G = 2m+1, m >= 2 "
-                             f"(linked from data: constrained.Maze); got n_ctx = {n_ctx}")
+                             f"(linked from data: constrained.tasks.maze.Maze); got n_ctx = {n_ctx}")
         super().__init__(**kwargs)
         self.objective = Objective(G, objective_hidden, objective_max_params)
         # (walls bytes, cheese) -> (wall, score, order): the scores and policy rankings of one maze, which stay
@@ -70,7 +70,7 @@ class ModularModel(SequenceModel):
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule
         if not isinstance(dm, maze.Maze):
-            raise ValueError(f"ModularModel plans over the maze's moves, so it needs data: constrained.Maze; "
+            raise ValueError(f"ModularModel plans over the maze's moves, so it needs data: constrained.tasks.maze.Maze; "
                              f"got {type(dm).__name__}")
         super().setup(stage)
 

@@ -236,7 +236,7 @@ def ablate(grid_path: str, out: str = "runs/ablations", jobs: int = 1, shard: st
                             "seconds": round(wall, 1), "cpus": os.cpu_count(),
                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
     print(f"{len(todo)} run(s) in {wall / 60:.1f} min, {len(failed)} failed")
-    from constrained.report import report
+    from constrained.experiments.report import report
 
     report([out_dir / grid.name])
     return 1 if failed else 0

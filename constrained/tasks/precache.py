@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from constrained.task import Task
+from constrained.tasks.task import Task
 
 
 def precache_targets(xs: torch.Tensor, zs: torch.Tensor, a: float, K: int) -> torch.Tensor:

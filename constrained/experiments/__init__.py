@@ -1,0 +1,1 @@
+"""Running grids of variants x seeds (runner, records) and reporting them (tables, plots, task sections)."""
