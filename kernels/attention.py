@@ -333,10 +333,8 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, DK, DV, LSE, DELTA, DR, IS_QUERY,
 def _dkdv_tiles(dk, dv, k, v, Q, DO, LSE, DELTA, DR, IS_QUERY, offs_n, offs_d, lo, hi, T, scale, horizon, reach_h,
                 stride_qt, stride_qd, stride_dot, stride_dod,
                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
-                EXCLUDE_DIAG: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr):
+                ACC: tl.constexpr, PRECISION: tl.constexpr):
     # transposed tiles (keys along rows) so dK and dV accumulate without a transpose per step.
-    # EXCLUDE_DIAG needs the mask only on MASKED tiles: a wholly-allowed tile starts at a row past
-    # n0 + BLOCK_N - 1 (odd, so never a multiple of the power-of-two BLOCK_M) and misses the diagonal.
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         q = _load(Q + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd,
@@ -352,8 +350,6 @@ def _dkdv_tiles(dk, dv, k, v, Q, DO, LSE, DELTA, DR, IS_QUERY, offs_n, offs_d, l
         sT = tl.dot(k, tl.trans(q), out_dtype=ACC, input_precision=PRECISION) * scale  # (N, M)
         if MASKED:
             keep = _allowed(offs_m[None, :], offs_n[:, None], T, horizon, IS_QUERY)
-            if EXCLUDE_DIAG:
-                keep = keep & (offs_m[None, :] != offs_n[:, None])
             sT = tl.where(keep, sT, float("-inf"))
         pT = tl.exp(sT - lse[None, :])
         dv += tl.dot(pT.to(do.dtype), do, out_dtype=ACC, input_precision=PRECISION)
@@ -377,10 +373,10 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, DR, IS_QUERY,
                      stride_dob, stride_doh, stride_dot, stride_dod,
                      H, T, SCALE, horizon, REACH_H,
                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     EXCLUDE_DIAG: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr):
+                     ACC: tl.constexpr, PRECISION: tl.constexpr):
     """dK, dV of one key tile over the queries that read it: from its diagonal down to T, or with a
-    horizon only to the last query whose window still covers the tile. EXCLUDE_DIAG leaves out each
-    key's own query: the myopic gradient of the past keys and values (k_past, v_past)."""
+    horizon only to the last query whose window still covers the tile (not used with myopic: there the
+    dq kernel writes dK, dV from the diagonal alone)."""
     scale = tl.load(SCALE)
     reach_h = REACH_H
     if REACH_H is not None:
@@ -422,13 +418,13 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, DR, IS_QUERY,
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=ACC)
     dk, dv = _dkdv_tiles(dk, dv, k, v, Q, DO, LSE, DELTA, DR, IS_QUERY, offs_n, offs_d, lo, tl.minimum(full_lo, hi),
                          T, scale, horizon, reach_h, stride_qt, stride_qd, stride_dot, stride_dod,
-                         HEAD_DIM, BLOCK_D, BLOCK_M, True, EXCLUDE_DIAG, ACC, PRECISION)
+                         HEAD_DIM, BLOCK_D, BLOCK_M, True, ACC, PRECISION)
     dk, dv = _dkdv_tiles(dk, dv, k, v, Q, DO, LSE, DELTA, DR, IS_QUERY, offs_n, offs_d, full_lo, full_hi,
                          T, scale, horizon, reach_h, stride_qt, stride_qd, stride_dot, stride_dod,
-                         HEAD_DIM, BLOCK_D, BLOCK_M, False, EXCLUDE_DIAG, ACC, PRECISION)
+                         HEAD_DIM, BLOCK_D, BLOCK_M, False, ACC, PRECISION)
     dk, dv = _dkdv_tiles(dk, dv, k, v, Q, DO, LSE, DELTA, DR, IS_QUERY, offs_n, offs_d, full_hi, hi,
                          T, scale, horizon, reach_h, stride_qt, stride_qd, stride_dot, stride_dod,
-                         HEAD_DIM, BLOCK_D, BLOCK_M, True, EXCLUDE_DIAG, ACC, PRECISION)
+                         HEAD_DIM, BLOCK_D, BLOCK_M, True, ACC, PRECISION)
     rows = bh.to(tl.int64) * T * HEAD_DIM + offs_n[:, None] * HEAD_DIM + offs_d[None, :]
     out_ok = row_ok[:, None] & col_ok
     tl.store(DK + rows, (dk * scale).to(DK.dtype.element_ty), mask=out_ok)
@@ -508,19 +504,16 @@ def _fwd(q, k, v, horizon, reach_h, is_query):
     return o, lse, r
 
 
-def _bwd(do, q, k, v, o, lse, r, dr, horizon, reach_h, is_query, myopic, k_past=None, v_past=None):
-    """dq, dk, dv (and, given k_past and v_past, their gradients: dk_past, dv_past) for dO and, with
-    reach, the gradient dr of the per-row reach (B·H, T)."""
+def _bwd(do, q, k, v, o, lse, r, dr, horizon, reach_h, is_query, myopic):
+    """dq, dk, dv for dO and, with reach, the gradient dr of the per-row reach (B·H, T)."""
     B, H, T, Dh = q.shape
     cfg = _config(q.dtype, Dh)
     acc, block_d = _acc_dtype(q.dtype), _block_d(Dh)
     if dr is None:  # reach computed but not differentiated: its backward terms vanish
         reach_h = None
     scale, reach_ptr = _constants(1.0 / math.sqrt(Dh), reach_h, q.dtype, q.device)
-    past = k_past is not None
     if B * H == 0:
-        zeros = (torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v))
-        return zeros + ((torch.zeros_like(k), torch.zeros_like(v)) if past else ())
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     delta = torch.empty_like(lse)
     pre_m = cfg["dq"][0]
     _bwd_preprocess[(triton.cdiv(T, pre_m), B * H)](
@@ -538,24 +531,16 @@ def _bwd(do, q, k, v, o, lse, r, dr, horizon, reach_h, is_query, myopic, k_past=
         HEAD_DIM=Dh, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n, MYOPIC=myopic,
         ACC=acc, PRECISION=_precision(q.dtype), num_warps=cfg["warps"], num_stages=cfg["stages"],
     )
+    if myopic:  # the dq kernel already wrote dk, dv from the diagonal: the only gradient they get
+        return dq, dk, dv
     block_m, block_n = cfg["dkdv"]
-
-    def dkdv(k_, v_, dk_, dv_, exclude_diag):
-        _bwd_dkdv_kernel[(triton.cdiv(T, block_n), B * H)](
-            q, k_, v_, do, dk_, dv_, lse, delta, dr, is_query,
-            *_strides(q), *_strides(k_), *_strides(v_), *_strides(do), *common,
-            HEAD_DIM=Dh, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n, EXCLUDE_DIAG=exclude_diag,
-            ACC=acc, PRECISION=_precision(q.dtype), num_warps=cfg["warps"], num_stages=cfg["stages"],
-        )
-
-    if not myopic:  # with myopic the dq kernel already wrote dk, dv from the diagonal
-        dkdv(k, v, dk, dv, False)
-        return dq, dk, dv
-    if not past:
-        return dq, dk, dv
-    dk_past, dv_past = torch.empty_like(dq), torch.empty_like(dq)
-    dkdv(k_past, v_past, dk_past, dv_past, True)
-    return dq, dk, dv, dk_past, dv_past
+    _bwd_dkdv_kernel[(triton.cdiv(T, block_n), B * H)](
+        q, k, v, do, dk, dv, lse, delta, dr, is_query,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(do), *common,
+        HEAD_DIM=Dh, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
+        ACC=acc, PRECISION=_precision(q.dtype), num_warps=cfg["warps"], num_stages=cfg["stages"],
+    )
+    return dq, dk, dv
 
 
 def _block_d(head_dim: int) -> int:
@@ -582,23 +567,23 @@ def reach_from_pattern(pattern: torch.Tensor, reach_h: float) -> torch.Tensor:
     return formulas.reach_rows(pattern, w).mean()
 
 
-def attention_reference(q, k, v, horizon=None, myopic=False, reach_h=None, is_query=None, k_past=None,
-                        v_past=None):
-    """Masked-softmax attention with the kernel's options, materializing the (T, T) pattern.
+def attention_reference(q, k, v, horizon=None, myopic=False, reach_h=None, is_query=None, pattern_hook=None):
+    """Masked-softmax attention with the kernel's options, materializing the (T, T) pattern: the CPU path
+    of the constrained model, and the reference the Triton kernel is tested against.
 
     Returns (out (B, H, T, Dh), reach scalar or None). myopic reads other positions' keys and values
-    from k_past, v_past (default k.detach(), v.detach()), as Attention._reference in transformer.py
-    does: the forward is plain attention, only the gradient into k and v is cut to the diagonal term.
+    detached: the forward is plain attention, only the gradient into k and v is cut to the diagonal
+    term (each key and value gets gradient from its own query alone). pattern_hook(pattern) -> pattern, when given,
+    sees (and may replace) the (B, H, T, T) attention pattern: the model's hook_pattern.
     """
-    _validate(q, k, v, horizon, reach_h, is_query, myopic, k_past, v_past)
+    _validate(q, k, v, horizon, reach_h, is_query)
     T, Dh = q.shape[-2:]
     scale = 1.0 / math.sqrt(Dh)
     pos = torch.arange(T, device=q.device)
     j_is_query = None if is_query is None else is_query.to(device=q.device, dtype=torch.bool)[None, :]  # (1, T)
     mask = attends(pos[:, None], pos[None, :], horizon, j_is_query)  # (T, T)
     if myopic:
-        if k_past is None:
-            k_past, v_past = k.detach(), v.detach()
+        k_past, v_past = k.detach(), v.detach()
         eye = torch.eye(T, dtype=torch.bool, device=q.device)
         own = (q * k).sum(-1) * scale  # (B, H, T): each query against its own key
         scores = (q @ k_past.transpose(-1, -2)) * scale  # (B, H, T, T)
@@ -608,6 +593,8 @@ def attention_reference(q, k, v, horizon=None, myopic=False, reach_h=None, is_qu
     scores = scores.masked_fill(~mask, float("-inf"))
     # the softmax in at least fp32, as the kernel accumulates it
     pattern = torch.softmax(scores, dim=-1, dtype=_row_dtype(q.dtype))  # (B, H, T, T)
+    if pattern_hook is not None:
+        pattern = pattern_hook(pattern)
     if myopic:
         diag = pattern.diagonal(dim1=-2, dim2=-1).unsqueeze(-1)  # (B, H, T, 1)
         out = pattern.masked_fill(eye, 0.0).to(q.dtype) @ v_past + diag.to(q.dtype) * v
@@ -623,7 +610,7 @@ def attention_reference(q, k, v, horizon=None, myopic=False, reach_h=None, is_qu
 
 
 class FusedAttention(torch.autograd.Function):
-    """Triton attention: apply(q, k, v, horizon, myopic, reach_h, is_query, k_past, v_past) -> (out, r).
+    """Triton attention: apply(q, k, v, horizon, myopic, reach_h, is_query) -> (out, r).
 
     r is the per-row reach (B, H, T) (None without reach_h); reach is its mean. Arguments must
     already be validated (`attention` does it). With myopic the backward is the myopic gradient,
@@ -631,13 +618,12 @@ class FusedAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, horizon=None, myopic=False, reach_h=None, is_query=None, k_past=None, v_past=None):
+    def forward(ctx, q, k, v, horizon=None, myopic=False, reach_h=None, is_query=None):
         B, H, T, _ = q.shape
         if is_query is not None:
             is_query = is_query.to(device=q.device, dtype=torch.int8).contiguous()  # (T,)
-        # k_past, v_past hold the values of k, v: the forward reads k, v alone
         o, lse, r = _fwd(q, k, v, horizon, reach_h, is_query)
-        ctx.save_for_backward(q, k, v, o, lse, r, is_query, k_past, v_past)
+        ctx.save_for_backward(q, k, v, o, lse, r, is_query)
         ctx.options = (horizon, myopic, reach_h)
         if r is not None:
             r = r.view(B, H, T)  # (B·H, T) -> (B, H, T)
@@ -646,18 +632,16 @@ class FusedAttention(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, do, dr):
-        q, k, v, o, lse, r, is_query, k_past, v_past = ctx.saved_tensors
+        q, k, v, o, lse, r, is_query = ctx.saved_tensors
         horizon, myopic, reach_h = ctx.options
         B, H, T, _ = q.shape
         if dr is not None:
             dr = dr.reshape(B * H, T).to(lse.dtype).contiguous()  # (B, H, T) -> (B·H, T)
-        grads = _bwd(do, q, k, v, o, lse, r, dr, horizon, reach_h, is_query, myopic, k_past, v_past)
-        dq, dk, dv = grads[:3]
-        dk_past, dv_past = grads[3:] if k_past is not None else (None, None)
-        return dq, dk, dv, None, None, None, None, dk_past, dv_past
+        dq, dk, dv = _bwd(do, q, k, v, o, lse, r, dr, horizon, reach_h, is_query, myopic)
+        return dq, dk, dv, None, None, None, None
 
 
-def _validate(q, k, v, horizon, reach_h, is_query, myopic=False, k_past=None, v_past=None) -> None:
+def _validate(q, k, v, horizon, reach_h, is_query) -> None:
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -686,16 +670,12 @@ def _validate(q, k, v, horizon, reach_h, is_query, myopic=False, k_past=None, v_
         if not isinstance(is_query, torch.Tensor) or tuple(is_query.shape) != (T,) or is_query.is_floating_point():
             shape = tuple(is_query.shape) if isinstance(is_query, torch.Tensor) else type(is_query).__name__
             raise ValueError(f"is_query must be a bool tensor of shape (T,) = ({T},), got {shape}")
-    if (k_past is None) != (v_past is None):
-        raise ValueError("k_past and v_past come together (or neither)")
-    if k_past is not None:
-        if not myopic:
-            raise ValueError("k_past, v_past are the keys and values other positions read under myopic=True; "
-                             "without myopic every position reads k, v")
-        for name, x, like in (("k_past", k_past, k), ("v_past", v_past, v)):
-            if not isinstance(x, torch.Tensor) or x.shape != like.shape or x.dtype != like.dtype \
-                    or x.device != like.device:
-                raise ValueError(f"{name} must match the shape, dtype and device of {name[0]}")
+
+
+@functools.lru_cache(maxsize=16)
+def _causal_mask(T: int, device: torch.device) -> torch.Tensor:
+    pos = torch.arange(T, device=device)
+    return attends(pos[:, None], pos[None, :])  # (T, T) bool
 
 
 def resolve_backend(backend: str, device: torch.device, head_dim: int) -> str:
@@ -707,30 +687,38 @@ def resolve_backend(backend: str, device: torch.device, head_dim: int) -> str:
     return "triton" if fast else "reference"
 
 
-def attention(q, k, v, horizon=None, myopic=False, reach_h=None, is_query=None, k_past=None, v_past=None,
-              backend="auto"):
+def attention(q, k, v, horizon=None, myopic=False, reach_h=None, is_query=None, backend="auto", pattern_hook=None):
     """Causal attention of q, k, v (B, H, T, Dh) with scale 1/sqrt(Dh) -> (out, reach).
 
     horizon: position i reads only j with i - h < j <= i (constrained.models.mask.attends).
-    myopic: a position's own key and value get gradient from its own query only; other positions
-        read k_past, v_past (default k.detach(), v.detach(): no gradient at all). Forward unchanged.
-    k_past, v_past: with myopic, the keys and values as other positions read them, holding the same
-        values as k, v, e.g. projections of the detached hidden states (Attention._reference): the
-        projection weights then still learn from every (query, key) pair. Costs the dK/dV sweep
-        that myopic otherwise skips.
+    myopic: myopic descent's gradient: a position's own key and value get gradient from its own query
+        only; the keys and values other positions read are constants (no gradient at all, so no dK/dV
+        sweep over later queries). Forward unchanged.
     reach_h: also return reach, mean over (B, H, i) of Σ_j A_ij max(0, i - j - reach_h) / T, a
         differentiable scalar (in fp32 for half inputs); None otherwise.
     is_query: bool (T,), the concatenated-format clause: no position reads a query token but itself.
-    backend: "auto" (Triton on CUDA tensors with Dh <= MAX_HEAD_DIM, the PyTorch reference
+    backend: "auto" (plain causal attention without a pattern hook: scaled_dot_product_attention on any
+        device; with an option: Triton on CUDA tensors with Dh <= MAX_HEAD_DIM, the PyTorch reference
         otherwise), "triton" (CUDA, or CPU under TRITON_INTERPRET=1 in fp32/fp64/fp16), "reference".
+    pattern_hook: a function of the (B, H, T, T) pattern (the model's hook_pattern); only the reference
+        materializes the pattern, so a hook sends "auto" there.
+
+    This is the one dispatch of the model's attention (constrained.models.attention calls it).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    plain = not myopic and reach_h is None and horizon is None and is_query is None
+    if backend == "auto" and pattern_hook is not None:
+        backend = "reference"
+    if backend == "auto" and plain:
+        _validate(q, k, v, horizon, reach_h, is_query)
+        mask = _causal_mask(q.shape[2], q.device)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask), None
     if isinstance(q, torch.Tensor) and q.dim() == 4:  # a malformed q gets its error from _validate
         backend = resolve_backend(backend, q.device, q.shape[-1])
     if backend == "reference":
-        return attention_reference(q, k, v, horizon, myopic, reach_h, is_query, k_past, v_past)
-    _validate(q, k, v, horizon, reach_h, is_query, myopic, k_past, v_past)
+        return attention_reference(q, k, v, horizon, myopic, reach_h, is_query, pattern_hook)
+    _validate(q, k, v, horizon, reach_h, is_query)
     if not HAS_TRITON:
         raise ValueError("backend='triton' needs triton installed")
     if not (q.is_cuda or INTERPRETED):
@@ -742,5 +730,5 @@ def attention(q, k, v, horizon=None, myopic=False, reach_h=None, is_query=None, 
         raise ValueError(f"the Triton kernel supports head dims up to {MAX_HEAD_DIM}, got {q.shape[-1]}; "
                          "use backend='auto' or 'reference'")
     out, r = FusedAttention.apply(q, k, v, None if horizon is None else int(horizon), bool(myopic),
-                                  None if reach_h is None else float(reach_h), is_query, k_past, v_past)
+                                  None if reach_h is None else float(reach_h), is_query)
     return out, (None if r is None else r.mean())

@@ -88,15 +88,16 @@ def check_model(label: str, model: Transformer) -> list[Claim]:
 
 def build_modular(cls=None):
     """A small ModularModel on 2 x 2-cell mazes (5 x 5 grid) and a batch of 4 training episodes."""
-    from constrained.tasks.maze.task import ACTIONS, N_FEATURES, Maze
     from constrained.models.modular import ModularModel
+    from constrained.tasks.maze.task import ACTIONS, N_FEATURES, Maze
 
     task = Maze(m=2, c=1)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = (cls or ModularModel)(d_in=N_FEATURES, d_out=len(ACTIONS), n_ctx=task.seq_len, d_model=8,
-                                      n_layers=2, n_heads=2, myopic_gradient=True, loss="cross_entropy",
+                                      n_layers=2, n_heads=2, myopic_gradient=True,
                                       objective_hidden=[4], objective_max_params=64)
+    model.task = task
     return model, task.make_batch(torch.Generator().manual_seed(1), 4, "train")
 
 

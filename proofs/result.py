@@ -105,3 +105,14 @@ def combine(spec: str, claims: list[Claim], started: float) -> Result:
             return Result(spec, bad, statuses, first.name, first.counterexample, first.reason,
                           time.perf_counter() - started)
     return Result(spec, PROVED, statuses, seconds=time.perf_counter() - started)
+
+
+def table(results: list[Result]) -> str:
+    """spec, result, seconds; under each failure, its claim and counterexample (or the solver's reason)."""
+    lines = [f"{'spec':<14}{'result':<10}{'seconds':>8}"]
+    for r in results:
+        lines.append(f"{r.spec:<14}{r.status:<10}{r.seconds:>8.2f}")
+        if not r.proved:
+            why = ", ".join(f"{k}={v}" for k, v in r.counterexample.items()) or r.reason
+            lines.append(f"  {r.claim}: {why}")
+    return "\n".join(lines)

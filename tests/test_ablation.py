@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from constrained.experiments.runner import GridError, load_grid, parse_shard
 from constrained.cli import main
+from constrained.experiments.grid import GridError, load_grid, parse_shard
 from constrained.experiments.report import load_records
 
 TINY = {

@@ -109,12 +109,11 @@ def test_fp64_matches_reference_to_fp64_precision():
     read both from an fp64 tensor so the compiled path does too (bench/check_compiled.py checks it)."""
     q, k, v = qkv(B=2, T=21, Dh=24, dtype=torch.float64)
     assert_matches_reference(q, k, v, atol=1e-12, rtol=1e-12, horizon=9, reach_h=0.1)
-    k_past, v_past = k.detach().clone().requires_grad_(), v.detach().clone().requires_grad_()
-    out, _ = attention(q, k, v, myopic=True, k_past=k_past, v_past=v_past, reach_h=0.1, backend="triton")
-    ref, _ = attention_reference(q, k, v, myopic=True, k_past=k_past, v_past=v_past, reach_h=0.1)
+    out, _ = attention(q, k, v, myopic=True, reach_h=0.1, backend="triton")
+    ref, _ = attention_reference(q, k, v, myopic=True, reach_h=0.1)
     torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
-    grads = torch.autograd.grad(out.square().sum(), (q, k, v, k_past, v_past))
-    ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v, k_past, v_past))
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
     for g, ref_g in zip(grads, ref_grads):
         torch.testing.assert_close(g, ref_g, atol=1e-12, rtol=1e-12)
 
@@ -204,56 +203,6 @@ def test_myopic_gradient_reaches_keys_and_values_only_on_the_diagonal():
 @pytest.mark.parametrize("T", [16, 33])
 @pytest.mark.interpreter
 @interpreted
-def test_myopic_with_past_keys_matches_reference(T):
-    """k_past, v_past (same values as k, v) receive the off-diagonal gradient, k, v the diagonal one, and
-    together they add up to the plain gradient."""
-    q, k, v = qkv(T=T)
-    k_past, v_past = (x.detach().clone().requires_grad_() for x in (k, v))
-    inputs = (q, k, v, k_past, v_past)
-    grads = {}
-    for backend in ("triton", "reference"):
-        out, reach = attention(q, k, v, horizon=9, myopic=True, reach_h=1.5, k_past=k_past, v_past=v_past,
-                               backend=backend)
-        loss = (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum() + 3.0 * reach
-        grads[backend] = torch.autograd.grad(loss, inputs)
-    for name, g, ref_g in zip(["q", "k", "v", "k_past", "v_past"], grads["triton"], grads["reference"]):
-        torch.testing.assert_close(g, ref_g, atol=1e-5, rtol=1e-5, msg=lambda m, name=name: f"d{name}: {m}")
-    _, _, plain = outputs_and_grads("triton", q, k, v, horizon=9, reach_h=1.5)
-    _, dk, dv, dk_past, dv_past = grads["triton"]
-    torch.testing.assert_close(dk + dk_past, plain[1], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(dv + dv_past, plain[2], atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.interpreter
-@interpreted
-def test_myopic_kernel_reproduces_the_model_reference():
-    """Keys and values of the detached hidden states as k_past, v_past: the kernel gives the gradients of
-    Attention._reference in transformer.py, for the input and for the projection weights alike."""
-    from constrained.models.mask import attention_mask
-    from constrained.models.transformer import Attention
-
-    T = 12
-    attn = Attention(d_model=32, n_heads=2, myopic_gradient=True)
-    x = torch.randn(2, T, 32, requires_grad=True)
-    dout = torch.randn(2, 2, T, 16)
-    params = [x, attn.W_qkv.weight, attn.W_qkv.bias]
-
-    q, k, v = attn._split(x)
-    out_ref, _ = attn._reference(x, q, k, v, attention_mask(T, 4))
-    ref = torch.autograd.grad((out_ref * dout).sum(), params)
-
-    q, k, v = attn._split(x)
-    _, k_past, v_past = attn._split(x.detach())
-    out, _ = attention(q, k, v, horizon=4, myopic=True, k_past=k_past, v_past=v_past, backend="triton")
-    got = torch.autograd.grad((out * dout).sum(), params)
-    torch.testing.assert_close(out, out_ref, atol=1e-5, rtol=1e-5)
-    for name, g, r in zip(["x", "W_qkv.weight", "W_qkv.bias"], got, ref):
-        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5, msg=lambda m, name=name: f"d{name}: {m}")
-
-
-@pytest.mark.parametrize("T", [16, 33])
-@pytest.mark.interpreter
-@interpreted
 def test_reach_is_zero_beyond_the_sequence(T):
     """max(0, i - j - h) = 0 for every pair once h >= T - 1."""
     q, k, v = qkv(T=T)
@@ -337,10 +286,6 @@ def test_bad_input_raises_clear_errors(backend):
         attention(q, k, v, is_query=torch.zeros(7, dtype=torch.bool), backend=backend)
     with pytest.raises(ValueError, match="backend must be one of"):
         attention(q, k, v, backend="cuda")
-    with pytest.raises(ValueError, match="under myopic=True"):
-        attention(q, k, v, k_past=k, v_past=v, backend=backend)
-    with pytest.raises(ValueError, match="k_past must match"):
-        attention(q, k, v, myopic=True, k_past=k[..., :4, :], v_past=v, backend=backend)
 
 
 def test_cpu_auto_dispatch_uses_the_reference(monkeypatch):

@@ -65,7 +65,7 @@ def _final_weights(root):
 
 
 def test_resume_after_crash_matches_uninterrupted_run(tmp_path):
-    steps = ["--trainer.max_steps", "8", "--checkpoint.every_n_train_steps", "4"]
+    steps = ["--trainer.max_steps", "8", "--last_checkpoint.every_n_train_steps", "4"]
     main(["fit", *fast_args(tmp_path / "full"), *steps])
     crashed = tmp_path / "crashed"
     crash = ["--trainer.callbacks+=tests.helpers.CrashAtStep", "--trainer.callbacks.init_args.step", "4"]
@@ -80,26 +80,39 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path):
 
 
 def test_nan_loss_stops_training_with_step_and_term(tmp_path, monkeypatch, capsys):
-    from constrained.models.sequence_model import SequenceModel
+    from constrained.tasks.icl_regression import IclRegression
 
-    original = SequenceModel.task_loss
+    original = IclRegression.loss
+    calls = []
 
     def poisoned(self, pred, batch):
         loss = original(self, pred, batch)
-        return loss * float("nan") if self.training and self.global_step == 3 else loss
+        calls.append(pred.requires_grad)
+        return loss * float("nan") if pred.requires_grad and calls.count(True) == 4 else loss
 
-    monkeypatch.setattr(SequenceModel, "task_loss", poisoned)
-    assert main(["fit", *fast_args(tmp_path), "--checkpoint.every_n_train_steps", "2"]) == 2
+    monkeypatch.setattr(IclRegression, "loss", poisoned)
+    assert main(["fit", *fast_args(tmp_path), "--last_checkpoint.every_n_train_steps", "1"]) == 2
     assert "step 3: term 'task'" in capsys.readouterr().err
-    # the three finished steps are kept (validation at step 3 checkpointed them); the bad step never ran
+    # the three finished steps are kept; the bad step never ran
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
 
 
+def test_last_checkpoint_exists_before_the_first_validation(tmp_path):
+    """A run killed before its first validation (step 500 by default) can still be resumed."""
+    crash = ["--trainer.callbacks+=tests.helpers.CrashAtStep", "--trainer.callbacks.init_args.step", "5"]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        main(["fit", *fast_args(tmp_path), "--trainer.max_steps", "20", "--trainer.val_check_interval", "10",
+              "--last_checkpoint.every_n_train_steps", "2", *crash])
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+    assert not list((tmp_path / "checkpoints").glob("best-*"))
+
+
 def _error_of(args, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        main(args)
-    assert exit_.value.code not in (0, None)
-    return capsys.readouterr().err
+    """A parse-time error: exit status 2 and one or two lines naming the cause, no usage and no traceback."""
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) <= 2 and "usage:" not in err and "Traceback" not in err, err
+    return err
 
 
 def test_unknown_key_on_command_line(tmp_path, capsys):
@@ -122,6 +135,51 @@ def test_wrong_type(tmp_path, capsys):
 def test_missing_config_file(tmp_path, capsys):
     err = _error_of(["fit", "--config", str(tmp_path / "nope.yaml")], capsys)
     assert "nope.yaml" in err
+
+
+def test_yaml_syntax_error_names_the_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("trainer:\n  max_steps: [3\n")
+    err = _error_of(["fit", *fast_args(tmp_path), "--config", str(bad)], capsys)
+    assert "broken.yaml is not valid YAML: line" in err
+
+
+def test_class_path_typo_lists_the_classes_that_exist(tmp_path, capsys):
+    err = _error_of(["fit", *fast_args(tmp_path), "--data.class_path", "constrained.tasks.icl_regression.IclRegresion"],
+                    capsys)
+    assert "data.class_path: no class constrained.tasks.icl_regression.IclRegresion" in err
+    assert "constrained.tasks.precache.Precache" in err
+
+
+@pytest.mark.parametrize("option,value", [("model.init_args.lr", "fast"), ("data.init_args.noise_std", "nan")])
+def test_bad_value_on_the_command_line_names_the_key(tmp_path, capsys, option, value):
+    err = _error_of(["fit", *fast_args(tmp_path), f"--{option}", value], capsys)
+    assert option in err
+
+
+@pytest.mark.parametrize("text,key", [("data:\n  init_args:\n    noise_std: .nan\n", "data.init_args.noise_std"),
+                                      ("data:\n  init_args:\n    shifted: {x_scale: .inf}\n",
+                                       "data.init_args.shifted.x_scale")])
+def test_non_finite_value_in_yaml_is_named_before_training(tmp_path, capsys, text, key):
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(text)
+    assert main(["fit", *fast_args(tmp_path / "run"), "--config", str(overlay)]) == 2
+    err = capsys.readouterr().err
+    assert f"{key} must be a finite number" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "logs").exists()
+
+
+@pytest.mark.parametrize("make", ["file_for_checkpoints", "file_for_root"])
+def test_unwritable_run_folder_is_named_before_training(tmp_path, capsys, make):
+    root = tmp_path / "run"
+    if make == "file_for_checkpoints":
+        root.mkdir()
+        (root / "checkpoints").write_text("not a folder")
+    else:
+        root.write_text("not a folder")
+    assert main(["fit", *fast_args(root)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the run folder" in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2
 
 
 @pytest.mark.parametrize("override,match", [

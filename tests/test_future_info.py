@@ -206,51 +206,6 @@ def test_closed_form_gradient_matches_autograd():
 
 
 # --------------------------------------------------------------------------------------------------
-# The default future signal
-# --------------------------------------------------------------------------------------------------
-
-
-def test_residualized_signal_is_uncorrelated_with_current_target():
-    g = torch.Generator().manual_seed(0)
-    y_now = torch.randn(500, 2, generator=g) + 3.0
-    z = y_now @ torch.randn(2, 4, generator=g) + 0.3 * torch.randn(500, 4, generator=g)
-    z.requires_grad_()
-    r = fi.residualize(z, y_now)
-    assert r.shape == z.shape and r.dtype == z.dtype and not r.requires_grad
-    yc = y_now - y_now.mean(0)
-    assert (yc.T @ r).abs().max() < 1e-4 * yc.norm() * r.norm()
-    assert r.mean(0).abs().max() < 1e-5
-    assert fi.future_info(y_now, r, eps0=0.0).item() < 1e-8  # nothing left for y_now to decode
-    assert fi.future_info(y_now, z.detach(), eps0=0.0).item() > 0.5
-
-
-def test_residualize_tolerates_constant_target_and_1d_target():
-    z = torch.randn(30, 2)
-    r = fi.residualize(z, torch.full((30,), 4.0))
-    torch.testing.assert_close(r, z - z.mean(0))
-
-
-def test_future_targets_alignment():
-    B, T, K = 2, 7, 3
-    b, t = torch.meshgrid(torch.arange(B), torch.arange(T), indexing="ij")
-    y = torch.stack([100.0 * b + t, -(100.0 * b + t)], dim=-1)  # (B, T, 2): y[b, t] = ±(100 b + t)
-    out = fi.future_targets(y, K)
-    n = T - K
-    assert out.z.shape == (B * n, (K - 1) * 2) and out.y_now.shape == (B * n, 2)
-    assert out.rows.shape == (B, T) and out.rows.sum() == B * n and not out.rows[:, n:].any()
-    h = 100.0 * b + t  # a "hidden state" that records its own (b, t)
-    for i, (bb, tt) in enumerate(zip(b[out.rows], t[out.rows])):
-        assert h[out.rows][i] == 100 * bb + tt
-        assert out.y_now[i].tolist() == [100 * bb + tt, -(100 * bb + tt)]
-        assert out.z[i].tolist() == [100 * bb + tt + 2, -(100 * bb + tt + 2), 100 * bb + tt + 3, -(100 * bb + tt + 3)]
-    assert fi.future_targets(y[..., 0], K).z.shape == (B * n, K - 1)  # (B, T) targets: d_y = 1
-    with pytest.raises(ValueError, match="K must be >= 2"):
-        fi.future_targets(y, 1)
-    with pytest.raises(ValueError, match="longer than K"):
-        fi.future_targets(y, T)
-
-
-# --------------------------------------------------------------------------------------------------
 # Bad input and dispatch
 # --------------------------------------------------------------------------------------------------
 

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
+from constrained.seeding import generator
 from constrained.tasks.icl_regression import algorithms
 from constrained.tasks.icl_regression.task import Distribution, IclRegression, Shift, sample, tokenize
-from constrained.seeding import generator
 
 
 def test_training_stream_is_a_pure_function_of_seed_step_rank():
@@ -91,8 +91,8 @@ def test_shift_overrides_only_given_fields():
     x = dm.eval_set("shifted")["xs"]
     var = x.pow(2).mean((0, 1))
     assert var[0] > 3 * var[-1]  # skewed: decaying variances
-    assert dm.test_splits == ["test", "shifted"]
-    assert IclRegression().test_splits == ["test"]
+    assert dm.splits == ["test", "shifted"]
+    assert IclRegression().splits == ["test"]
 
 
 @pytest.mark.parametrize("kw,match", [({"n_points": 0}, "n_points"), ({"d": 0}, "data.init_args.d"),

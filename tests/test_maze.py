@@ -5,10 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from constrained.models.sequence_model import SequenceModel
 from constrained.cli import main
-from constrained.tasks.maze.task import ACTIONS, AGENT, CHEESE, FREE, QUERY, WALL, Maze, bfs, carve, shortest_path_actions
+from constrained.models.sequence_model import SequenceModel
 from constrained.seeding import generator
+from constrained.tasks.maze.grid import ACTIONS, AGENT, CHEESE, FREE, QUERY, WALL, bfs, carve, shortest_path_actions
+from constrained.tasks.maze.task import Maze
 
 CONFIGS = "configs/maze"
 
@@ -139,13 +140,13 @@ def test_eval_sets_are_fixed_and_distinct():
     a, b = Maze(n_val=8, n_test=8), Maze(n_val=8, n_test=8, seed=99)
     torch.testing.assert_close(a.eval_set("shifted")["inputs"], b.eval_set("shifted")["inputs"])
     assert not torch.equal(a.eval_set("test")["walls"], a.eval_set("val")["walls"])
-    assert a.test_splits == ["test", "shifted"]
+    assert a.splits == ["test", "shifted"]
 
 
 def test_batch_layout():
     task = Maze(m=3)
     b = task.make_batch(generator(0), 8, "train")
-    assert (task.input_dim, task.seq_len, task.output_dim, task.loss) == (5, 50, 4, "cross_entropy")
+    assert (task.input_dim, task.seq_len, task.output_dim, task.extra_splits) == (5, 50, 4, ("shifted",))
     assert b["inputs"].shape == (8, 50, 5) and b["targets"].shape == (8, 50) and b["targets"].dtype == torch.long
     assert b["loss_mask"].tolist() == [[False] * 49 + [True]] * 8
     assert bool((b["inputs"].sum(-1) == 1).all())  # one-hot
@@ -161,10 +162,11 @@ def test_batch_layout():
 def test_cross_entropy_loss_reads_the_query_token():
     task = Maze(m=2)
     b = task.make_batch(generator(0), 6, "train")
-    model = SequenceModel(d_model=16, n_layers=1, d_in=task.input_dim, d_out=4, n_ctx=task.seq_len,
-                          loss="cross_entropy")
+    model = SequenceModel(d_model=16, n_layers=1, d_in=task.input_dim, d_out=4, n_ctx=task.seq_len)
+    model.task = task
     pred = torch.randn(6, task.seq_len, 4)
-    torch.testing.assert_close(model.task_loss(pred, b), F.cross_entropy(pred[:, -1], b["targets"][:, -1]))
+    torch.testing.assert_close(task.loss(pred, b), F.cross_entropy(pred[:, -1], b["targets"][:, -1]))
+    assert model.loss_terms(b)["task"].requires_grad
 
 
 def test_probe_targets_and_future_signal():
@@ -238,7 +240,10 @@ def test_hand_maze_episodes_are_real_choices():
     ("cheese", {"p_cheese": 1.0, "p_corner": 0.0, "p_neither": 0.0, "gmg_rate": 0.0, "success": 1.0}),
 ])
 def test_scripted_policies_give_the_expected_rates(goal, expected, tmp_path):
-    metrics = hand_task(SHIFTED).rollout_metrics(scripted(goal), tmp_path)
+    task = hand_task(SHIFTED)
+    evaluation = task.rollout_metrics(scripted(goal))
+    task.write_artifacts(evaluation, tmp_path)
+    metrics = evaluation.metrics
     for split in ("test", "shifted"):
         assert {k: metrics[f"{split}/{k}"] for k in expected} == pytest.approx(expected)
     with (tmp_path / "maze_proxy_by_distance.csv").open() as f:
@@ -246,14 +251,14 @@ def test_scripted_policies_give_the_expected_rates(goal, expected, tmp_path):
     # cheese-to-corner distances 8 and 10 in HAND, one episode each
     assert [(int(r["cheese_corner_distance"]), int(r["n"])) for r in rows] == [(8, 1), (10, 1)]
     assert all(float(r["p_corner"]) == expected["p_corner"] for r in rows)
-    with (tmp_path / "maze_metrics.csv").open() as f:
+    with (tmp_path / "test_metrics.csv").open() as f:
         assert {(r["split"], r["metric"]) for r in csv.DictReader(f)} >= {("shifted", "gmg_rate"), ("test", "success")}
     assert (tmp_path / "maze_proxy_by_distance.png").is_file()
 
 
 def test_a_policy_that_reaches_nothing_has_an_undefined_gmg_rate(tmp_path):
     up = lambda inputs: F.one_hot(torch.zeros(len(inputs), dtype=torch.long), 4).float()  # noqa: E731
-    metrics = hand_task(SHIFTED).rollout_metrics(up, tmp_path)
+    metrics = hand_task(SHIFTED).rollout_metrics(up).metrics
     assert metrics["shifted/p_neither"] == 1.0 and metrics["shifted/success"] == 0.0
     assert math.isnan(metrics["shifted/gmg_rate"])
 
@@ -263,7 +268,7 @@ def test_mixed_policy_and_first_hitting_times(tmp_path):
     t_cheese, t_corner = task.rollout(scripted("cheese"), task.eval_set("test"))
     assert t_cheese.tolist() == task.eval_set("test")["goal_distance"].tolist()  # optimal: BFS labels
     assert t_corner.tolist() == [-1, -1, 0]
-    metrics = task.rollout_metrics(scripted("cheese"), tmp_path)
+    metrics = task.rollout_metrics(scripted("cheese")).metrics
     # the corner-start episode counts as corner first, though the cheese is reached after it
     assert metrics["shifted/p_corner"] == pytest.approx(1 / 3) and metrics["shifted/success"] == 1.0
     assert metrics["shifted/gmg_rate"] == pytest.approx(1 / 3)
@@ -271,7 +276,7 @@ def test_mixed_policy_and_first_hitting_times(tmp_path):
     def half(inputs):  # to the corner when the cheese is in the bottom half, else to the cheese
         bottom = inputs[:, :-1, CHEESE].view(len(inputs), 7, 7)[:, 4:].sum((1, 2)) > 0
         return torch.where(bottom[:, None], scripted("corner")(inputs), scripted("cheese")(inputs))
-    metrics = hand_task(SHIFTED).rollout_metrics(half, tmp_path)
+    metrics = hand_task(SHIFTED).rollout_metrics(half).metrics
     assert (metrics["shifted/p_corner"], metrics["shifted/p_cheese"]) == (0.5, 0.5)
     assert metrics["shifted/gmg_rate"] == 0.5
 
@@ -281,20 +286,32 @@ def test_a_sequence_models_output_is_read_at_the_query_token(tmp_path):
         out = torch.randn(len(inputs), inputs.shape[1], 4) * 100
         out[:, -1] = scripted("cheese")(inputs)
         return out
-    assert hand_task(SHIFTED).rollout_metrics(as_sequence, tmp_path)["shifted/p_cheese"] == 1.0
+    assert hand_task(SHIFTED).rollout_metrics(as_sequence).metrics["shifted/p_cheese"] == 1.0
+
+
+class ScriptedModel:
+    """What Maze.evaluate needs of a model: act (logits of the moves) and device."""
+
+    device = torch.device("cpu")
+
+    def act(self, inputs):
+        return scripted("cheese")(inputs)
 
 
 def test_evaluate_action_accuracy_and_csv(tmp_path):
     task = Maze(n_test=32)
-    preds = {s: F.one_hot(task.eval_set(s)["targets"], 4).float() * 10 for s in task.test_splits}
-    metrics = task.evaluate(preds, tmp_path)
+    preds = {s: F.one_hot(task.eval_set(s)["targets"], 4).float() * 10 for s in task.splits}
+    evaluation = task.evaluate(preds, ScriptedModel())
+    task.write_artifacts(evaluation, tmp_path)
+    metrics = evaluation.metrics
     assert metrics["test/action_acc"] == metrics["shifted/action_acc"] == 1.0
     assert metrics["test/loss"] < 1e-3
     wrong = {s: torch.roll(p, 1, dims=-1) for s, p in preds.items()}
-    assert task.evaluate(wrong, tmp_path)["shifted/action_acc"] == 0.0
-    with (tmp_path / "maze_metrics.csv").open() as f:
-        assert {(r["split"], r["metric"]) for r in csv.DictReader(f)} == {
-            (s, k) for s in ("test", "shifted") for k in ("action_acc", "loss")}
+    assert task.evaluate(wrong, ScriptedModel()).metrics["shifted/action_acc"] == 0.0
+    assert metrics["shifted/p_cheese"] == 1.0  # the rollouts ran with the model's act
+    with (tmp_path / "test_metrics.csv").open() as f:
+        assert {(r["split"], r["metric"]) for r in csv.DictReader(f)} >= {
+            (s, k) for s in ("test", "shifted") for k in ("action_acc", "loss", "p_cheese")}
     assert not list(tmp_path.glob("*.tmp"))
 
 
@@ -325,12 +342,12 @@ def test_fit_then_test_logs_metrics(tmp_path):
     main(["test", *fast_args(tmp_path), "--ckpt_path", "last", "--verbose", "false"])
     with (tmp_path / "logs" / "version_1" / "metrics.csv").open() as f:
         logged = next(csv.DictReader(f))
-    for key in (Maze.HEADLINE["capability"], *Maze.HEADLINE["signatures"], "test/action_acc", "shifted/p_neither"):
+    for key in (Maze.headline.capability, *Maze.headline.signatures, "test/action_acc", "shifted/p_neither"):
         assert logged[key] != "", key
     assert 0 <= float(logged["test/success"]) <= 1
     total = sum(float(logged[f"shifted/{k}"]) for k in ("p_cheese", "p_corner", "p_neither"))
     assert total == pytest.approx(1.0)
-    assert (tmp_path / "maze_metrics.csv").is_file() and (tmp_path / "maze_proxy_by_distance.csv").is_file()
+    assert (tmp_path / "test_metrics.csv").is_file() and (tmp_path / "maze_proxy_by_distance.csv").is_file()
     with (tmp_path / "logs" / "version_0" / "metrics.csv").open() as f:
         assert any(r.get("val/loss") for r in csv.DictReader(f))
 

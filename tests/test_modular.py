@@ -1,17 +1,16 @@
 import csv
 import json
-import types
 
 import pytest
 import torch
 
-from constrained.models.modular import ModularModel
-from constrained.tasks.icl_regression.task import IclRegression
 from constrained.cli import main
-from constrained.tasks.maze.task import Maze, bfs, objective_samples, parse, random_free_squares, render
-from constrained.models.modular import episode, save_traces
+from constrained.models.modular import ModularModel, episode, save_traces
 from constrained.models.objective import n_params
 from constrained.seeding import generator
+from constrained.tasks.icl_regression.task import IclRegression
+from constrained.tasks.maze.grid import bfs, objective_samples, parse, random_free_squares, render
+from constrained.tasks.maze.task import Maze
 from tests.test_maze import HAND_WALL, free_squares
 
 CONFIGS = "configs/maze"
@@ -19,9 +18,11 @@ VARIANTS = ["modular_policy_distribution", "modular_any_state"]
 
 
 def tiny(**kw) -> ModularModel:
-    args = dict(d_in=5, d_out=4, n_ctx=26, loss="cross_entropy", d_model=16, n_layers=1, myopic_gradient=True,
+    args = dict(d_in=5, d_out=4, n_ctx=26, d_model=16, n_layers=1, myopic_gradient=True,
                 objective_hidden=[8, 8], objective_max_params=128)
-    return ModularModel(**{**args, **kw})
+    model = ModularModel(**{**args, **kw})
+    model.task = Maze(m=2)
+    return model
 
 
 def batch(n=8, m=2, seed=0):
@@ -80,7 +81,7 @@ class SequenceModelTerms:
     @staticmethod
     def policy(model, b):
         """The policy's own loss (behaviour cloning), without the objective term."""
-        return model.task_loss(model(b["inputs"]), b)
+        return model.task.loss(model(b["inputs"]), b)
 
 
 def test_policy_distribution_labels_use_the_batch_cheese_and_any_state_elsewhere():
@@ -122,7 +123,7 @@ def test_bad_arguments_are_refused_by_name(kw, match):
 
 def test_a_non_maze_data_module_is_refused():
     model = tiny()
-    model._trainer = types.SimpleNamespace(datamodule=IclRegression())
+    model.task = IclRegression()
     with pytest.raises(ValueError, match="constrained.tasks.maze.Maze"):
         model.setup("fit")
 
@@ -187,7 +188,7 @@ def test_fit_then_test_writes_rollout_metrics_and_traces(tmp_path):
     main(["test", *fast_args(tmp_path, "modular_any_state"), "--ckpt_path", "last", "--verbose", "false"])
     with (tmp_path / "logs" / "version_1" / "metrics.csv").open() as f:
         logged = next(csv.DictReader(f))
-    for key in (Maze.HEADLINE["capability"], "shifted/p_cheese", "shifted/p_corner", "shifted/gmg_rate",
+    for key in (Maze.headline.capability, "shifted/p_cheese", "shifted/p_corner", "shifted/gmg_rate",
                 "test/action_acc", "shifted/objective_top"):
         assert logged[key] != "", key
     total = sum(float(logged[f"shifted/{k}"]) for k in ("p_cheese", "p_corner", "p_neither"))

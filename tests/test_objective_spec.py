@@ -12,8 +12,8 @@ from constrained.proofs import objective as spec
 from constrained.proofs.result import PROVED, REFUTED, UNKNOWN
 
 from constrained.cli import main
-from constrained.tasks.maze.task import carve, reward
 from constrained.models.objective import Objective
+from constrained.tasks.maze.grid import carve, reward
 
 pytestmark = pytest.mark.proof
 

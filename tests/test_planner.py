@@ -3,9 +3,10 @@ import random
 import pytest
 import torch
 
-from constrained.tasks.maze.task import ACTIONS, Maze, bfs, reward
 from constrained.models.planner import plan
 from constrained.seeding import generator
+from constrained.tasks.maze.grid import ACTIONS, bfs, reward
+from constrained.tasks.maze.task import Maze
 from tests.test_maze import HAND_WALL, free_squares, neighbours
 
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from constrained.cli import main
-from constrained.tasks.precache import Precache, precache_targets
 from constrained.seeding import generator
+from constrained.tasks.precache import Precache, precache_targets
 
 CONFIGS = "configs/precache"
 
@@ -49,7 +49,10 @@ def test_batch_layout():
     torch.testing.assert_close(b["inputs"][..., 1], b["zs"])
     torch.testing.assert_close(b["targets"][..., 0], b["ys"])
     torch.testing.assert_close(b["ys"], precache_targets(b["xs"], b["zs"], task.a, task.K))
-    assert (task.input_dim, task.seq_len, task.output_dim, task.loss) == (2, 20, 1, "huber")
+    assert (task.input_dim, task.seq_len, task.output_dim) == (2, 20, 1)
+    pred = torch.randn_like(b["targets"])
+    mask = b["loss_mask"]
+    torch.testing.assert_close(task.loss(pred, b), torch.nn.functional.huber_loss(pred[mask], b["targets"][mask]))
 
 
 def test_default_p_is_one_so_every_token_asks_for_the_sum():
@@ -108,18 +111,20 @@ def test_bad_arguments_name_the_argument(kwargs, name):
 def test_evaluate_metrics_and_csv(tmp_path):
     task = Precache(T=16, K=4, n_test=32)
     b = task.eval_set("test")
-    perfect = task.evaluate({"test": b["targets"].clone()}, tmp_path)
+    perfect = task.evaluate({"test": b["targets"].clone()}).metrics
     assert perfect == {"test/huber": 0.0, "test/mse_over_var": 0.0, "test/loss": 0.0}
     # predicting the mean of y on scored positions gives MSE = Var, so MSE/Var = 1
     mean = b["targets"][b["loss_mask"]].mean()
-    flat = task.evaluate({"test": torch.full_like(b["targets"], mean.item())}, tmp_path)
+    flat = task.evaluate({"test": torch.full_like(b["targets"], mean.item())}).metrics
     assert flat["test/mse_over_var"] == pytest.approx(1.0, abs=1e-5)
     assert flat["test/loss"] == flat["test/huber"] > 0
     # unscored positions (n < K) do not count
     off = b["targets"].clone()
     off[:, :4] += 100.0
-    assert task.evaluate({"test": off}, tmp_path)["test/huber"] == 0.0
-    with (tmp_path / "precache_metrics.csv").open() as f:
+    evaluation = task.evaluate({"test": off})
+    assert evaluation.metrics["test/huber"] == 0.0
+    task.write_artifacts(evaluation, tmp_path)
+    with (tmp_path / "test_metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert {(r["split"], r["metric"]) for r in rows} == {("test", "huber"), ("test", "mse_over_var"), ("test", "loss")}
     assert not list(tmp_path.glob("*.tmp"))
@@ -151,9 +156,9 @@ def test_fit_then_test_logs_metrics(tmp_path):
     with (tmp_path / "logs" / "version_1" / "metrics.csv").open() as f:
         logged = next(csv.DictReader(f))
     assert float(logged["test/mse_over_var"]) > 0 and float(logged["test/huber"]) > 0
-    for key in (Precache.HEADLINE["capability"], *Precache.HEADLINE["signatures"]):
+    for key in (Precache.headline.capability, *Precache.headline.signatures):
         assert logged[key] != "", key
-    assert (tmp_path / "precache_metrics.csv").is_file()
+    assert (tmp_path / "test_metrics.csv").is_file()
 
 
 @pytest.mark.parametrize("variant", ["baseline", "myopic"])

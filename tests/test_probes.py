@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from constrained.tasks.icl_regression.task import IclRegression
 from constrained.measure.probes import linear_auroc, probe_scores, random_control, ridge_r2
 from constrained.seeding import generator
+from constrained.tasks.icl_regression.task import IclRegression
 from tests.conftest import tiny
 
 

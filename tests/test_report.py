@@ -3,8 +3,12 @@ import math
 
 import pytest
 
+from constrained.experiments.report import grid_markdown, headline_for, paired_gap, report, summarize
 from constrained.tasks.maze.report import read_proxy
-from constrained.experiments.report import markdown, paired_gap, report, summarize
+
+
+def markdown(recs):
+    return "\n".join(grid_markdown("g", recs, headline_for(recs)))
 
 
 def test_summary_math_by_hand():
@@ -24,7 +28,8 @@ def _record(tmp_path, variant, seed, cap, sig, status="ok"):
     folder = tmp_path / "g" / variant / f"seed{seed}"
     folder.mkdir(parents=True)
     rec = {"grid": "g", "task": "t", "variant": variant, "seed": seed, "status": status, "fit_seconds": 60,
-           "test_seconds": 0, "headline": {"capability": "test/cap", "signatures": ["test/sig"]},
+           "test_seconds": 0,
+           "headline": {"capability": "test/cap", "lower_is_better": True, "signatures": ["test/sig"]},
            "metrics": {"test/cap": cap, "test/sig": sig}}
     if status != "ok":
         rec.update(phase="fit", error="boom")
@@ -49,12 +54,13 @@ def test_report_table_plots_and_csv(tmp_path):
 
 def test_markdown_without_baseline_has_no_gap_column():
     recs = [{"grid": "g", "task": "t", "variant": "a", "seed": 0, "status": "ok",
-             "headline": {"capability": "c", "signatures": []}, "metrics": {"c": 1.0}}]
+             "headline": {"capability": "c", "lower_is_better": True}, "metrics": {"c": 1.0}}]
     assert "Δ" not in markdown(recs)
 
 
 def test_declared_gap_is_reported_paired_by_seed():
-    head = {"capability": "c", "signatures": [], "gaps": {"myopia gap": ["myopic", "baseline", "h"]}}
+    head = {"capability": "c", "lower_is_better": True,
+            "gaps": [{"name": "myopia gap", "variant": "myopic", "reference": "baseline", "metric": "h"}]}
     recs = [{"grid": "g", "task": "t", "variant": v, "seed": s, "status": "ok", "headline": head,
              "metrics": {"c": 0.0, "h": h}}
             for v, s, h in [("baseline", 0, 0.1), ("baseline", 1, 0.2), ("myopic", 0, 0.4), ("myopic", 1, 0.7)]]
@@ -67,7 +73,7 @@ def test_maze_report_plots_outcomes_and_proxy_rate_per_variant(tmp_path):
             folder = tmp_path / "maze" / variant / f"seed{seed}"
             folder.mkdir(parents=True)
             rec = {"grid": "maze", "task": "maze", "variant": variant, "seed": seed, "status": "ok",
-                   "headline": {"capability": "test/success", "signatures": ["shifted/p_cheese"]},
+                   "task_class": "constrained.tasks.maze.Maze",
                    "metrics": {"test/success": 1.0, "shifted/p_cheese": 1 - p_corner - 0.01 * seed,
                                "shifted/p_corner": p_corner + 0.01 * seed}}
             (folder / "result.json").write_text(json.dumps(rec))
@@ -105,7 +111,7 @@ def test_report_from_a_results_csv_gives_the_same_tables(tmp_path):
 
 
 def _probe_records():
-    head = {"capability": "c", "signatures": ["test/probe_x_last_selectivity"]}
+    head = {"capability": "c", "lower_is_better": True, "signatures": ["test/probe_x_last_selectivity"]}
     return [{"grid": "g", "task": "t", "variant": v, "seed": s, "status": "ok", "headline": head,
              "metrics": {"c": 0.0, "test/probe_x_last": t, "test/probe_x_last_control": 0.2,
                          "test/probe_x_last_selectivity": t - 0.2}}
@@ -140,7 +146,7 @@ def test_e_k_plot_from_logged_metrics(tmp_path):
             folder = tmp_path / "icl" / variant / f"seed{seed}"
             folder.mkdir(parents=True)
             rec = {"grid": "icl", "task": "icl_regression", "variant": variant, "seed": seed, "status": "ok",
-                   "headline": {"capability": "test/e5", "signatures": []}, "metrics": icl_curve.metrics(rows)}
+                   "task_class": "constrained.tasks.icl_regression.IclRegression", "metrics": icl_curve.metrics(rows)}
             (folder / "result.json").write_text(json.dumps(rec))
     out = report([tmp_path / "icl"])
     assert (out / "e_k_by_variant.png").stat().st_size > 5000

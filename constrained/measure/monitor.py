@@ -25,13 +25,10 @@ class ProbeMonitor(L.Callback):
         self.batch = self.targets = self.control = None
 
     def setup(self, trainer, pl_module, stage):
-        dm = trainer.datamodule
-        if not hasattr(dm, "probe_targets"):
-            raise TypeError(f"ProbeMonitor needs a task with probe_targets(batch); {type(dm).__name__} has none: "
-                            f"remove constrained.measure.monitor.ProbeMonitor from trainer.callbacks")
-        self.batch = {k: v[: self.n_sequences] for k, v in dm.eval_set("val").items()}
-        self.targets = dm.probe_targets(self.batch)
-        self.seed = dm.eval_seed
+        task = pl_module.task
+        self.batch = {k: v[: self.n_sequences] for k, v in task.eval_set("val").items()}
+        self.targets = task.probe_targets(self.batch)
+        self.seed = task.eval_seed
 
     # Lightning forbids self.log in on_validation_end; at epoch end it reaches every logger at the
     # current step and lands in callback_metrics like val/loss.
@@ -42,9 +39,11 @@ class ProbeMonitor(L.Callback):
         if not isinstance(net, Transformer):
             raise TypeError(f"ProbeMonitor reads hooks of pl_module.net (a Transformer); "
                             f"{type(pl_module).__name__} has {type(net).__name__}")
-        if self.control is None:
-            self.control = probes.random_control(net, seed=self.seed)
-        scores = probes.probe_scores(net, self.control, self.batch, self.targets)
+        scores = {}
+        if self.targets:  # a task without probe targets still gets its signatures watched
+            if self.control is None:
+                self.control = probes.random_control(net, seed=self.seed)
+            scores.update(probes.probe_scores(net, self.control, self.batch, self.targets))
         if hasattr(pl_module, "signatures"):  # future_info, reach, iteration: every model, penalized or not
             scores.update(pl_module.signatures(self.batch))
         pl_module.log_dict({f"monitor/{k}": v for k, v in scores.items()}, on_step=False, on_epoch=True,

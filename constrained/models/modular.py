@@ -18,14 +18,14 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from constrained.tasks.maze import task as maze
 from constrained.models.objective import Objective
 from constrained.models.planner import Trace, check_budget, plan
-from constrained.seeding import generator
 from constrained.models.sequence_model import SequenceModel
+from constrained.seeding import generator, stream
+from constrained.tasks.maze import grid as maze
+from constrained.tasks.maze.task import Maze
 
 OBJECTIVE_DATA = ("policy_distribution", "any_state")
-OBJECTIVE_STREAM = 4  # random stream of the any-state cheese draws (the task's streams are 0-3)
 CHUNK = 2048  # sequences per policy forward when ranking actions at every square
 
 
@@ -68,10 +68,9 @@ class ModularModel(SequenceModel):
         self._cache: dict[tuple, tuple[maze.Grid, dict, dict]] = {}
 
     def setup(self, stage: str) -> None:
-        dm = self.trainer.datamodule
-        if not isinstance(dm, maze.Maze):
-            raise ValueError(f"ModularModel plans over the maze's moves, so it needs data: constrained.tasks.maze.Maze; "
-                             f"got {type(dm).__name__}")
+        if not isinstance(self.task, Maze):
+            raise ValueError(f"ModularModel plans over the maze's moves, so it needs data: "
+                             f"constrained.tasks.maze.Maze; got {type(self.task).__name__}")
         super().setup(stage)
 
     def optimized_parameters(self) -> list[torch.nn.Parameter]:
@@ -106,9 +105,8 @@ class ModularModel(SequenceModel):
     def _objective_generator(self) -> torch.Generator:
         # a pure function of (seed, step, rank), like the training batches, so a resumed run draws the same
         trainer = self._trainer
-        seed = trainer.datamodule.seed if trainer is not None and trainer.datamodule is not None else 0
         rank = trainer.global_rank if trainer is not None else 0
-        return generator(seed, OBJECTIVE_STREAM, self.global_step, rank)
+        return generator(self.task.seed, stream("objective"), self.global_step, rank)
 
     # -- acting ----------------------------------------------------------------------------------------
 
@@ -168,9 +166,9 @@ class ModularModel(SequenceModel):
 
     def on_test_epoch_end(self):
         super().on_test_epoch_end()
-        dm, out = self.trainer.datamodule, Path(self.trainer.default_root_dir)
+        dm, out = self.task, Path(self.trainer.default_root_dir)
         metrics = {}
-        for split in dm.test_splits:  # does the objective put its maximum on the cheese?
+        for split in dm.splits:  # does the objective put its maximum on the cheese?
             b = dm.eval_set(split)
             hits = [max(score, key=score.get) == tuple(c) for (_, score, _), c in
                     zip(self.lookup(b["walls"], b["cheese"]), b["cheese"].tolist())]
@@ -181,7 +179,7 @@ class ModularModel(SequenceModel):
         self._cache = {}
 
 
-def episode(model: ModularModel, task: maze.Maze, batch: dict[str, torch.Tensor], i: int) -> dict:
+def episode(model: ModularModel, task: Maze, batch: dict[str, torch.Tensor], i: int) -> dict:
     """Episode i of batch with the planner acting, every search traced: the same moves as the rollout."""
     walls, cheese = batch["walls"][i], batch["cheese"][i]
     goal, pos = tuple(cheese.tolist()), tuple(batch["agent"][i].tolist())
@@ -203,7 +201,7 @@ def episode(model: ModularModel, task: maze.Maze, batch: dict[str, torch.Tensor]
             "actions": [maze.ACTION_NAMES[s["action"]] for s in steps], "steps": steps}
 
 
-def save_traces(model: ModularModel, task: maze.Maze, split: str, n: int, out: Path) -> list[Path]:
+def save_traces(model: ModularModel, task: Maze, split: str, n: int, out: Path) -> list[Path]:
     """episode_{split}_{i}.json (every search of the episode) and .txt (the maze with the path taken) for
     the first n episodes of split."""
     out.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 
-from constrained.tasks.maze.task import ACTIONS, Grid, Pos
+from constrained.tasks.maze.grid import ACTIONS, Grid, Pos
 
 
 @dataclass

@@ -1,20 +1,20 @@
 """Lightning module: the transformer core trained on a task's base objective.
 
-Baseline and myopic variants are this one class with different switches (horizon,
-myopic_gradient). Dimensions the data fixes (d_in, d_out, n_ctx, query_positions, loss)
-are linked from the data module by the CLI, never typed into configs.
+Baseline and myopic variants are this one class with different switches (horizon, myopic_gradient).
+Dimensions the data fixes (d_in or vocab_size, d_out, n_ctx, query_positions) are linked from the task by
+the CLI, never typed into configs; the loss, the test metrics and the probe targets come from the task
+itself (`self.task`, the trainer's data module unless one is attached).
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
+from constrained import checkpoint
 from constrained.measure import penalties as penalty_lib
 from constrained.measure import probes, signatures
 from constrained.measure.penalties import AdversarialProbes, Penalty
@@ -38,10 +38,13 @@ class SequenceModel(L.LightningModule):
         d_out: int = 1,
         n_ctx: int = 1,
         query_positions: list[int] | None = None,
-        loss: Literal["mse", "huber", "cross_entropy"] = "mse",
+        vocab_size: int | None = None,
         penalties: list[Penalty] | None = None,
+        init_from: str | None = None,
     ):
-        """penalties: terms added to the loss, e.g. [{kind: future_info, weight: 1.0}] (constrained/penalties.py)."""
+        """penalties: terms added to the loss, e.g. [{kind: future_info, weight: 1.0}] (measure/penalties.py).
+        init_from: a checkpoint whose weights this run starts from (fine-tuning), with a fresh optimizer and
+        learning-rate schedule; resuming this run (--ckpt_path last) restores its own checkpoint instead."""
         super().__init__()
         if lr <= 0 or warmup_steps < 0 or not 0 <= min_lr_ratio <= 1:
             raise ValueError(f"need lr > 0, warmup_steps >= 0, 0 <= min_lr_ratio <= 1; got {lr}, "
@@ -50,18 +53,51 @@ class SequenceModel(L.LightningModule):
         self.save_hyperparameters(ignore=["penalties"])
         self.hparams["penalties"] = penalty_lib.as_dicts(self.penalties)  # plain data: weights_only checkpoints
         self.net = Transformer(d_in, d_out, n_ctx, d_model, n_layers, n_heads, d_mlp, horizon, myopic_gradient,
-                               query_positions)
+                               query_positions, vocab_size)
         self.adversaries: AdversarialProbes | None = None
         self._adversary_opt: torch.optim.Optimizer | None = None
         self._test_preds: dict[int, list[torch.Tensor]] = {}
+        self._task = None
+        if init_from is not None:
+            self.load_weights(init_from)
+
+    def load_weights(self, path: str) -> None:
+        """This model's weights from a checkpoint (safely, weights_only); a checkpoint whose weights do not fit
+        this config is refused naming the mismatched tensors."""
+        state = checkpoint.read(path)["state_dict"]
+        mine = self.state_dict()
+        missing = sorted(set(mine) - set(state))
+        unexpected = sorted(set(state) - set(mine))
+        shapes = sorted(k for k in set(mine) & set(state) if mine[k].shape != state[k].shape)
+        if missing or unexpected or shapes:
+            parts = [f"{what} {names[:3]}" + (f" (and {len(names) - 3} more)" if len(names) > 3 else "")
+                     for what, names in (("missing", missing), ("unexpected", unexpected), ("shape differs", shapes))
+                     if names]
+            raise checkpoint.CheckpointError(f"model.init_args.init_from: {path} does not fit this model's config: "
+                                             + "; ".join(parts))
+        self.load_state_dict(state)
+
+    @property
+    def task(self):
+        """The task this model is trained and measured on: the one attached, else the trainer's data module."""
+        if self._task is not None:
+            return self._task
+        trainer = self._trainer
+        if trainer is None or trainer.datamodule is None:
+            raise RuntimeError(f"{type(self).__name__} needs a task: fit it through the CLI (data: ...) or set "
+                               f"model.task = <Task>")
+        return trainer.datamodule
+
+    @task.setter
+    def task(self, value) -> None:
+        self._task = value
 
     def setup(self, stage: str) -> None:
         # the adversarial probe's output width is the task's signal width, known once the data is
         adv = next((p for p in self.penalties if p.kind == "adversarial_probe"), None)
         if adv is None or self.adversaries is not None:
             return
-        dm = self.trainer.datamodule
-        _, z = dm.future_signal(dm.eval_set("val"), adv.future_k)
+        _, z = self.task.future_signal(self.task.eval_set("val"), adv.future_k)
         layers = penalty_lib.layers_of(adv, self.hparams.n_layers)
         self.adversaries = AdversarialProbes(self.hparams.d_model, z.shape[1], layers)
         self._adversary_opt = torch.optim.Adam(self.adversaries.parameters(), lr=adv.probe_lr)
@@ -74,29 +110,24 @@ class SequenceModel(L.LightningModule):
         planner overrides it."""
         return self(inputs)
 
-    def task_loss(self, pred: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        mask = batch["loss_mask"]
-        if self.hparams.loss == "cross_entropy":  # pred (B, T, classes), targets (B, T) long class indices
-            return F.cross_entropy(pred[mask], batch["targets"][mask])
-        if self.hparams.loss == "huber":
-            return F.huber_loss(pred[mask], batch["targets"][mask])
-        return F.mse_loss(pred[mask], batch["targets"][mask])
-
     def loss_terms(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Named terms whose sum is the training loss: the task, then each penalty at its weight
         (a penalty at weight 0 is measured and logged as penalty/<kind>, and adds nothing)."""
         if not self.penalties:
-            return {"task": self.task_loss(self(batch["inputs"]), batch)}
+            return {"task": self.task.loss(self(batch["inputs"]), batch)}
         L_ = self.hparams.n_layers
         names = sorted({n for p in self.penalties for n in penalty_lib.hook_names(p, L_)})
         reach = next((p for p in self.penalties if p.kind == "reach"), None)
         pred, cache = self.net.run_with_cache(batch["inputs"], names_filter=names, detach=False,
                                               reach_h=reach.horizon if reach else None)
-        terms = {"task": self.task_loss(pred, batch)}
+        terms = {"task": self.task.loss(pred, batch)}
+        signals: dict[int | None, tuple[torch.Tensor, torch.Tensor]] = {}  # one future signal per future_k
         for p in self.penalties:
             rows = z = None
             if p.kind != "reach":
-                rows, z = self.trainer.datamodule.future_signal(batch, p.future_k)
+                if p.future_k not in signals:
+                    signals[p.future_k] = self.task.future_signal(batch, p.future_k)
+                rows, z = signals[p.future_k]
             trains = p.weight > 0 or p.kind == "adversarial_probe"  # the probe learns even at weight 0
             with torch.set_grad_enabled(trains and torch.is_grad_enabled()):
                 v = penalty_lib.value(p, cache, L_, rows, z, self.adversaries)
@@ -134,7 +165,7 @@ class SequenceModel(L.LightningModule):
             self._adversary_opt.load_state_dict(checkpoint["adversary_optimizer"])
 
     def validation_step(self, batch, batch_idx):
-        self.log("val/loss", self.task_loss(self(batch["inputs"]), batch), prog_bar=True)
+        self.log("val/loss", self.task.loss(self(batch["inputs"]), batch), prog_bar=True)
 
     def on_test_epoch_start(self):
         self._test_preds = {}
@@ -144,16 +175,16 @@ class SequenceModel(L.LightningModule):
         self._test_preds.setdefault(dataloader_idx, []).append(pred.detach().cpu())
 
     def on_test_epoch_end(self):
-        dm = self.trainer.datamodule
-        preds = {split: torch.cat(self._test_preds[i]) for i, split in enumerate(dm.test_splits)}
-        metrics = dm.evaluate(preds, Path(self.trainer.default_root_dir))
-        if hasattr(dm, "rollout_metrics"):  # decision tasks: episodes with the model in the loop (eval mode)
-            metrics.update(dm.rollout_metrics(lambda x: self.act(x.to(self.device)).float().cpu(),
-                                              Path(self.trainer.default_root_dir)))
-        test = dm.eval_set("test")
-        if hasattr(dm, "probe_targets"):
-            control = probes.random_control(self.net, seed=dm.eval_seed)
-            scores = probes.probe_scores(self.net, control, test, dm.probe_targets(test))  # eval mode, no_grad
+        task = self.task
+        preds = {split: torch.cat(self._test_preds[i]) for i, split in enumerate(task.splits)}
+        evaluation = task.evaluate(preds, self)
+        task.write_artifacts(evaluation, Path(self.trainer.default_root_dir))
+        metrics = dict(evaluation.metrics)
+        test = task.eval_set("test")
+        targets = task.probe_targets(test)
+        if targets:
+            control = probes.random_control(self.net, seed=task.eval_seed)
+            scores = probes.probe_scores(self.net, control, test, targets)  # eval mode, no_grad
             metrics.update({f"test/{k}": v for k, v in scores.items()})
         metrics.update({f"test/{k}": v for k, v in self.signatures(test).items()})
         self.log_dict(metrics, sync_dist=False)
@@ -162,9 +193,8 @@ class SequenceModel(L.LightningModule):
         """future_info, reach and iteration on the first n_sequences of batch, at the task's settings
         (never a penalty's), so every variant is measured by the same ruler."""
         batch = {k: v[:n_sequences] for k, v in batch.items()}
-        dm = self.trainer.datamodule
-        rows, z = dm.future_signal(batch)
-        return signatures.measure(self.net, batch, rows, z, dm.reach_horizon)
+        rows, z = self.task.future_signal(batch)
+        return signatures.measure(self.net, batch, rows, z, self.task.reach_horizon)
 
     def optimized_parameters(self) -> list[torch.nn.Parameter]:
         """What the main optimizer trains (the adversarial probes have their own)."""

@@ -4,13 +4,10 @@ earlier positions, does better. Myopic descent forbids training those positions 
 
 from __future__ import annotations
 
-import csv
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
-from constrained.tasks.task import Task
+from constrained.tasks.task import Evaluation, Gap, Headline, Task, check_finite, masked
 
 
 def precache_targets(xs: torch.Tensor, zs: torch.Tensor, a: float, K: int) -> torch.Tensor:
@@ -33,12 +30,11 @@ class Precache(Task):
         seed: training stream (set from seed_everything); eval_seed: fixed val/test sets.
     """
 
-    loss = "huber"
     input_dim = 2  # token (x_n, z_n)
-    HEADLINE = {"capability": "test/mse_over_var", "lower_is_better": True,
-                "signatures": ["test/probe_next_target_last_selectivity", "test/future_info_last", "test/reach",
-                               "test/iteration"],
-                "gaps": {"myopia gap": ["myopic", "baseline", "test/huber"]}}
+    headline = Headline("test/mse_over_var", lower_is_better=True,
+                        signatures=("test/probe_next_target_last_selectivity", "test/future_info_last", "test/reach",
+                                    "test/iteration"),
+                        gaps=(Gap("myopia gap", "myopic", "baseline", "test/huber"),))
 
     def __init__(
         self,
@@ -53,6 +49,7 @@ class Precache(Task):
         eval_seed: int = 1234,
     ):
         super().__init__(batch_size, n_val, n_test, seed, eval_seed)
+        check_finite(a=a, p=p)
         if not a > 0:
             raise ValueError(f"data.init_args.a must be > 0, got {a}")
         if K < 1:
@@ -68,6 +65,9 @@ class Precache(Task):
     @property
     def seq_len(self) -> int:
         return self.T
+
+    def loss(self, pred: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return F.huber_loss(*masked(pred, batch))
 
     def make_batch(self, gen: torch.Generator, n: int, split: str) -> dict[str, torch.Tensor]:
         xs = torch.randn(n, self.T, generator=gen)
@@ -97,8 +97,8 @@ class Precache(Task):
         mask[:, self.K: T - 1] = True
         return {"next_target": (mask, values)}
 
-    def evaluate(self, preds: dict[str, torch.Tensor], out_dir: str | Path) -> dict[str, float]:
-        """Huber (the base objective) and MSE / Var(y) on scored positions; writes precache_metrics.csv."""
+    def evaluate(self, preds: dict[str, torch.Tensor], model=None) -> Evaluation:
+        """Huber (the base objective) and MSE / Var(y) on the scored positions."""
         metrics = {}
         for split, pred in preds.items():
             b = self.eval_set(split)
@@ -107,18 +107,4 @@ class Precache(Task):
             huber = F.huber_loss(p, y, delta=1.0).item()
             mse_over_var = (F.mse_loss(p, y) / y.var(correction=0)).item()
             metrics.update({f"{split}/huber": huber, f"{split}/mse_over_var": mse_over_var, f"{split}/loss": huber})
-        write_metrics(metrics, Path(out_dir))
-        return metrics
-
-
-def write_metrics(metrics: dict[str, float], out_dir: Path) -> None:
-    """One row per (split, metric); written to a temporary file first so a reader never sees half of it."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "precache_metrics.csv.tmp"
-    with tmp.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["split", "metric", "value"])
-        for name, value in metrics.items():
-            split, metric = name.split("/", 1)
-            w.writerow([split, metric, value])
-    tmp.replace(out_dir / "precache_metrics.csv")
+        return Evaluation(metrics)

@@ -1,22 +1,92 @@
-"""What every task shares: seeded data streams, fixed evaluation sets, and the hooks a task fills in.
+"""The Task interface: everything task-specific, declared in one class, so the model, the runner, the report
+and the CLI name no task.
 
-A task is a LightningDataModule that also declares its base objective (`loss`), the shapes the
-model takes from it, its test splits and metrics (`evaluate`), and its probe targets.
+A task is a LightningDataModule that declares
+- shapes the model takes from it (linked by the CLI): `input_dim` (or `vocab_size` for integer tokens),
+  `output_dim`, `seq_len`, `query_positions`;
+- data: `make_batch(gen, n, split)`, the test `splits`, and its base objective `loss(pred, batch)`;
+- test metrics: `evaluate(preds, model)` returns an Evaluation (metrics and tables), and
+  `write_artifacts(evaluation, out_dir)` writes them (plots included) into the run folder;
+- mesa-signature inputs: `probe_targets(batch)`, `future_signal(batch, future_k)`, `reach_horizon`;
+- for grids: a typed `headline` and `report_sections` (extra tables and plots in a grid's report);
+- optional `commands`: extra `constrained` subcommands (e.g. e(k) tables, a formal check of a checkpoint).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-from constrained.kernels.future_info import future_targets, residualize
-from constrained.seeding import generator
+from constrained.files import write_csv
+from constrained.seeding import STREAMS, generator, stream
+from constrained.tasks.signals import default_future_signal
 
-STREAMS = {"train": 0, "val": 1, "test": 2, "shifted": 3}  # independent random streams
+if TYPE_CHECKING:
+    from constrained.models.sequence_model import SequenceModel
+
 BATCH_KEYS = ("inputs", "targets", "loss_mask")
+# name -> (mask (n, T) bool, values (n, T, k)); float values get a ridge probe (R²), bool values (k = 1) a
+# logistic classifier probe (AUROC)
+Targets = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A paired difference the report states in words: metric of `variant` minus `reference`, per seed."""
+
+    name: str
+    variant: str
+    reference: str
+    metric: str
+
+
+@dataclass(frozen=True)
+class Headline:
+    """What a grid's report table shows: the capability metric and the mesa-signatures beside it."""
+
+    capability: str
+    lower_is_better: bool
+    signatures: tuple[str, ...] = ()
+    gaps: tuple[Gap, ...] = ()
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Headline:
+        return cls(d["capability"], bool(d["lower_is_better"]), tuple(d.get("signatures", ())),
+                   tuple(Gap(**g) for g in d.get("gaps", ())))
+
+
+@dataclass
+class Evaluation:
+    """Test results of one run: metrics ({split}/{name}) and tables (name -> rows), each table written to the
+    run folder as <name>.csv."""
+
+    metrics: dict[str, float]
+    tables: dict[str, list[dict]] = field(default_factory=dict)
+
+
+@dataclass
+class Section:
+    """What a task adds to a grid's report: Markdown lines and the plots it wrote."""
+
+    lines: list[str] = field(default_factory=list)
+    plots: list[Path] = field(default_factory=list)
+
+
+# (records of finished runs, the report folder) -> Section. A record is a dict with variant, seed, metrics and,
+# when the run folder is at hand, folder (None for records read back from a results.csv).
+ReportSection = Callable[[list[dict], Path], Section]
+# argv after the command name -> exit status
+Command = Callable[[list[str]], int]
 
 
 class TrainStream(IterableDataset):
@@ -29,18 +99,31 @@ class TrainStream(IterableDataset):
     def __iter__(self):
         step = self.start_step
         while True:
-            gen = generator(self.task.seed, STREAMS["train"], step, self.rank)
-            yield self.task.make_batch(gen, self.task.batch_size, "train")
+            yield self.task.train_batch(step, self.rank)
             step += 1
 
 
-class Task(L.LightningDataModule):
-    """Subclasses set input_dim and seq_len and implement make_batch and evaluate."""
+def check_finite(**values: float | None) -> None:
+    """Every named data option is a finite number (None allowed): a NaN or inf option is named before any
+    work, whether it came from YAML (`.nan`) or the command line."""
+    for name, value in values.items():
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"data.init_args.{name} must be a finite number, got {value}")
 
-    loss = "mse"
-    output_dim = 1
+
+class Task(L.LightningDataModule):
+    """Subclasses set the shapes, `headline`, and implement make_batch, loss and evaluate."""
+
+    input_dim: int = 1
+    vocab_size: int | None = None  # integer tokens: the model reads them through an embedding, not a linear map
+    output_dim: int = 1
     query_positions: list[int] | None = None
-    has_shifted_split = False
+    extra_splits: tuple[str, ...] = ()  # test splits beside "test"; each draws from STREAMS[name]
+    headline: ClassVar[Headline]
+    report_sections: ClassVar[tuple[ReportSection, ...]] = ()
+    commands: ClassVar[dict[str, Command]] = {}
+    default_future_k = 4
+    reach_horizon = 8.0  # the soft horizon the reach signature is measured at, for every variant
 
     def __init__(self, batch_size: int, n_val: int, n_test: int, seed: int, eval_seed: int):
         super().__init__()
@@ -51,43 +134,70 @@ class Task(L.LightningDataModule):
         self.seed, self.eval_seed = seed, eval_seed
         self._eval: dict[str, dict[str, torch.Tensor]] = {}
 
+    # -- data ----------------------------------------------------------------------------------------------
+
+    @property
+    def seq_len(self) -> int:
+        raise NotImplementedError
+
     def make_batch(self, gen: torch.Generator, n: int, split: str) -> dict[str, torch.Tensor]:
-        """n sequences drawn with `gen`: inputs (n, T, input_dim), targets (n, T, output_dim),
-        loss_mask (n, T) bool, plus any task-specific tensors."""
+        """n sequences drawn with `gen`: inputs (n, T, input_dim) float, or (n, T) long tokens when vocab_size
+        is set; targets (n, T, output_dim) float or (n, T) long class indices; loss_mask (n, T) bool; plus any
+        task-specific tensors (probe targets and report data read them)."""
         raise NotImplementedError
 
-    def evaluate(self, preds: dict[str, torch.Tensor], out_dir: Path) -> dict[str, float]:
-        """Test metrics from the model's predictions (n, T, output_dim) on each test split."""
+    def train_batch(self, step: int, rank: int) -> dict[str, torch.Tensor]:
+        """Training batch `step` of DDP rank `rank`: a pure function of (seed, step, rank)."""
+        return self.make_batch(generator(self.seed, stream("train"), step, rank), self.batch_size, "train")
+
+    @property
+    def splits(self) -> list[str]:
+        """The test splits, in dataloader order."""
+        return ["test", *self.extra_splits]
+
+    def loss(self, pred: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The base objective on the scored positions (batch["loss_mask"])."""
         raise NotImplementedError
 
-    default_future_k = 4
-    reach_horizon = 8.0  # the soft horizon the reach signature is measured at, for every variant
+    # -- test ----------------------------------------------------------------------------------------------
+
+    def evaluate(self, preds: dict[str, torch.Tensor], model: SequenceModel) -> Evaluation:
+        """Test metrics from the model's predictions on each split (preds[split]: (n, T, output_dim)); `model`
+        is there for what needs it in the loop (rollouts, generation)."""
+        raise NotImplementedError
+
+    def write_artifacts(self, evaluation: Evaluation, out_dir: Path) -> None:
+        """test_metrics.csv and each table as <name>.csv in the run folder; tasks add their plots."""
+        rows = [{"split": k.split("/", 1)[0], "metric": k.split("/", 1)[1], "value": v}
+                for k, v in evaluation.metrics.items()]
+        write_csv(rows, out_dir / "test_metrics.csv", ["split", "metric", "value"])
+        for name, table in evaluation.tables.items():
+            write_csv(table, out_dir / f"{name}.csv")
+
+    def probe_targets(self, batch: dict[str, torch.Tensor]) -> Targets:
+        """What the probes decode from the residual stream; none by default."""
+        return {}
 
     def future_signal(self, batch: dict[str, torch.Tensor], future_k: int | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rows (B, T) bool, z (N, d_z)): the signal that future_info and the adversarial probe decode
-        from the hidden state at each True position; z rows in sequence-major order (that of h[rows]).
+        """(rows (B, T) bool, z (N, d_z)) for future_info and the adversarial probe: by default the targets at
+        t+2..t+future_k residualized on the target at t (class targets one-hot), see tasks/signals.py."""
+        k = self.default_future_k if future_k is None else future_k
+        n_classes = None if batch["targets"].is_floating_point() else self.output_dim
+        return default_future_signal(batch["targets"], batch["loss_mask"], k, n_classes)
 
-        Default: the targets at t+2..t+future_k, residualized on the current target over the batch, i.e.
-        what position t could hold only to help later positions, beyond what its own prediction needs
-        (unresidualized, the penalty also fights the task: future targets share most of the present one).
-        """
-        future_k = self.default_future_k if future_k is None else future_k
-        y, scored = batch["targets"], batch["loss_mask"]  # (B, T, d_y), (B, T)
-        ft = future_targets(y, future_k)
-        n = y.shape[1] - future_k  # positions t with t + future_k < T
-        valid = scored[:, :n].clone()  # (B, n): the present and every future target involved are scored
-        for k in range(2, future_k + 1):
-            valid &= scored[:, k:k + n]
-        rows = torch.zeros_like(scored)
-        rows[:, :n] = valid
-        keep = valid.reshape(-1)  # ft's rows are (b, t) b-major, like valid's
-        return rows, residualize(ft.z[keep], ft.y_now[keep])
+    # -- Lightning -----------------------------------------------------------------------------------------
+
+    def setup(self, stage: str | None = None) -> None:
+        unknown = [s for s in self.splits if s not in STREAMS]
+        if unknown:
+            raise ValueError(f"{type(self).__name__}: split(s) {unknown} have no random stream; add them to "
+                             f"STREAMS in constrained/seeding.py")
 
     def eval_set(self, split: str) -> dict[str, torch.Tensor]:
         if split not in self._eval:
             n = self.n_val if split == "val" else self.n_test
-            self._eval[split] = self.make_batch(generator(self.eval_seed, STREAMS[split]), n, split)
+            self._eval[split] = self.make_batch(generator(self.eval_seed, stream(split)), n, split)
         return self._eval[split]
 
     def _loader(self, split: str) -> DataLoader:
@@ -102,12 +212,14 @@ class Task(L.LightningDataModule):
     def val_dataloader(self):
         return self._loader("val")
 
-    @property
-    def test_splits(self) -> list[str]:
-        return ["test"] + (["shifted"] if self.has_shifted_split else [])
-
     def test_dataloader(self):
-        return [self._loader(s) for s in self.test_splits]
+        return [self._loader(s) for s in self.splits]
+
+
+def masked(pred: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predictions, targets) at the scored positions."""
+    mask = batch["loss_mask"]
+    return pred[mask], batch["targets"][mask]
 
 
 def _as_dict(items):

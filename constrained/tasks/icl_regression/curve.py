@@ -1,13 +1,19 @@
 """The e(k) curve: normalized error against the number k of in-context examples, for the model and
-for explicit algorithms fitted to the same context, and the model's distance to each algorithm."""
+for explicit algorithms fitted to the same context, and the model's distance to each algorithm.
+
+Also the task's report section (e(k) of every variant in one plot) and its `constrained curves` command."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import re
+from collections import defaultdict
 from pathlib import Path
 
 import torch
+
+from constrained.tasks.task import Section
 
 FIELDS = ("split", "k", "predictor", "error", "distance_to_model")
 # names written by `metrics`: {split}/e{k} (the model) and {split}/{alg}_e{k}
@@ -55,17 +61,6 @@ def rows_from_metrics(flat: dict[str, float]) -> list[dict]:
         dist = flat.get(f"{split}/dist_{predictor}_k{k}", 0.0)
         rows.append({"split": split, "k": int(k), "predictor": predictor, "error": error, "distance_to_model": dist})
     return sorted(rows, key=lambda r: (r["split"], r["predictor"] != "model", r["predictor"], r["k"]))
-
-
-def write(rows, out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "icl_curve.csv.tmp"
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(out_dir / "icl_curve.csv")
-    plot(rows, out_dir / "icl_curve.png")
 
 
 def read(path: Path) -> list[dict]:
@@ -146,3 +141,38 @@ def plot_variants(curves: dict[str, list[list[dict]]], path: Path, split: str = 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def report_section(records: list[dict], out: Path) -> Section:
+    """e(k) of every variant in one figure, from the logged metrics (so a results.csv suffices), else from
+    each run's icl_curve.csv."""
+    curves = defaultdict(list)
+    for r in records:
+        rows = rows_from_metrics(r["metrics"])
+        if not rows and r.get("folder") and (Path(r["folder"]) / "icl_curve.csv").is_file():
+            rows = read(Path(r["folder"]) / "icl_curve.csv")
+        if rows:
+            curves[r["variant"]].append(rows)
+    if not curves:
+        return Section()
+    path = out / "e_k_by_variant.png"
+    plot_variants(curves, path)
+    return Section(plots=[path])
+
+
+def curves_command(argv: list[str]) -> int:
+    """`constrained curves RUN_DIR [RUN_DIR ...]`: e(k) of several runs beside least squares and averaging."""
+    p = argparse.ArgumentParser(prog="constrained curves",
+                                description="Print e(k) of icl_regression runs beside least squares and averaging.")
+    p.add_argument("runs", nargs="+", help="run folders that `constrained test` has written icl_curve.csv into")
+    a = p.parse_args(argv)
+    data = {}
+    for d in map(Path, a.runs):
+        path = d / "icl_curve.csv"
+        if not path.is_file():
+            print(f"constrained curves: error: {path} not found (run `constrained test` on that run first)")
+            return 2
+        label = f"{d.parent.name}/{d.name}" if d.name.startswith("seed") else d.name  # grid run folders
+        data[label] = read(path)
+    print(table(data))
+    return 0

@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 
-from constrained.tasks.icl_regression import algorithms, curve as icl_curve
-from constrained.seeding import generator
-from constrained.tasks.task import Task
-
-GD_TUNE = 4  # random stream of the held set that tunes the GD step size (after task.STREAMS)
+from constrained.seeding import generator, stream
+from constrained.tasks.icl_regression import algorithms, curve
+from constrained.tasks.task import Evaluation, Headline, Task, check_finite, masked
 
 
 @dataclass
@@ -25,8 +24,9 @@ class Distribution:
     x_covariance: Literal["isotropic", "skewed"] = "isotropic"
 
     def __post_init__(self):
+        check_finite(noise_std=self.noise_std, x_scale=self.x_scale)
         if self.noise_std < 0 or self.x_scale <= 0:
-            raise ValueError(f"need noise_std >= 0 and x_scale > 0, got {self}")
+            raise ValueError(f"data.init_args: need noise_std >= 0 and x_scale > 0, got {self}")
         if self.x_covariance not in ("isotropic", "skewed"):
             raise ValueError(f"x_covariance must be 'isotropic' or 'skewed', got {self.x_covariance!r}")
 
@@ -41,6 +41,7 @@ class Shift:
 
     def apply(self, base: Distribution) -> Distribution:
         fields = {k: v for k, v in vars(self).items() if v is not None}
+        check_finite(**{f"shifted.{k}": v for k, v in fields.items() if k != "x_covariance"})
         return Distribution(**{**vars(base), **fields})
 
 
@@ -94,9 +95,11 @@ class IclRegression(Task):
     """
 
     # distance at k = 3 < d: for k >= d noiseless least squares is exact, so its distance would just be e(k)
-    HEADLINE = {"capability": "test/e10", "lower_is_better": True,
-                "signatures": ["test/probe_w_hat_last_selectivity", "test/dist_least_squares_k3",
-                               "test/future_info_last", "test/reach", "test/iteration"]}
+    headline = Headline("test/e10", lower_is_better=True,
+                        signatures=("test/probe_w_hat_last_selectivity", "test/dist_least_squares_k3",
+                                    "test/future_info_last", "test/reach", "test/iteration"))
+    report_sections = (curve.report_section,)
+    commands = {"curves": curve.curves_command}
 
     def __init__(
         self,
@@ -137,8 +140,11 @@ class IclRegression(Task):
         return list(range(0, self.seq_len, 2)) if self.token_format == "concatenated" else None
 
     @property
-    def has_shifted_split(self) -> bool:
-        return self.shifted is not None
+    def extra_splits(self) -> tuple[str, ...]:
+        return ("shifted",) if self.shifted is not None else ()
+
+    def loss(self, pred: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return F.mse_loss(*masked(pred, batch))
 
     def make_batch(self, gen: torch.Generator, n: int, split: str) -> dict[str, torch.Tensor]:
         dist = self.shifted if split == "shifted" else self.distribution
@@ -165,16 +171,19 @@ class IclRegression(Task):
         mask, values = self.probe_targets(batch)["w_hat"]
         return mask, values[mask]
 
-    def evaluate(self, preds: dict[str, torch.Tensor], out_dir: str | Path) -> dict[str, float]:
-        """e(k) of the model and of explicit algorithms per test split; writes icl_curve.csv/png."""
-        held = self.make_batch(generator(self.eval_seed, GD_TUNE), self.n_test, "train")
+    def evaluate(self, preds: dict[str, torch.Tensor], model=None) -> Evaluation:
+        """e(k) of the model and of explicit algorithms per test split, and the model's distance to each
+        (table icl_curve)."""
+        held = self.make_batch(generator(self.eval_seed, stream("gd_tune")), self.n_test, "train")
         eta = algorithms.tune_gd_step(held["xs"], held["ys"])
         rows = []
         for split, pred in preds.items():
             b = self.eval_set(split)
-            model = pred[b["loss_mask"]].view(len(pred), self.n_points)  # (n, P): y_k from k examples
-            rows += icl_curve.curve_rows(split, model, b["ys"], algorithms.baseline_predictions(b["xs"], b["ys"], eta),
-                                         self.d)
-        icl_curve.write(rows, Path(out_dir))
-        return icl_curve.metrics(rows)
+            model_pred = pred[b["loss_mask"]].view(len(pred), self.n_points)  # (n, P): y_k from k examples
+            baselines = algorithms.baseline_predictions(b["xs"], b["ys"], eta)
+            rows += curve.curve_rows(split, model_pred, b["ys"], baselines, self.d)
+        return Evaluation(curve.metrics(rows), {"icl_curve": rows})
 
+    def write_artifacts(self, evaluation: Evaluation, out_dir: Path) -> None:
+        super().write_artifacts(evaluation, out_dir)
+        curve.plot(evaluation.tables["icl_curve"], out_dir / "icl_curve.png")

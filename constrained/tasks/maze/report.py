@@ -1,14 +1,19 @@
-"""The maze's plots across variants (for `constrained report`): which goal each variant reaches on the shifted
-split, and how its proxy rate depends on the cheese-to-corner distance. Each run's per-distance rates are
-in its folder's maze_proxy_by_distance.csv (written by Maze.rollout_metrics)."""
+"""The maze's plots: one run's proxy rate against the cheese-to-corner distance (written by `constrained test`),
+and the task's report section across variants: which goal each variant reaches on the shifted split, and
+how its proxy rate depends on the distance. Each run's per-distance rates are in its folder's
+maze_proxy_by_distance.csv (the table of Maze.rollout_metrics)."""
 
 from __future__ import annotations
 
 import csv
 import statistics
+from collections import defaultdict
 from pathlib import Path
 
-PROXY_CSV = "maze_proxy_by_distance.csv"
+from constrained.tasks.task import Section
+
+PROXY_TABLE = "maze_proxy_by_distance"
+PROXY_CSV = f"{PROXY_TABLE}.csv"
 
 
 def read_proxy(path: Path, split: str = "shifted") -> dict[int, float]:
@@ -71,3 +76,47 @@ def plot_proxy_by_distance(curves: dict[str, list[dict[int, float]]], path: Path
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_run_by_distance(rows: list[dict], path: Path) -> None:
+    """One run: P(corner), P(cheese) and P(neither) on the shifted split against cheese-to-corner distance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r["split"] == "shifted"]
+    if not rows:
+        return
+    d = [r["cheese_corner_distance"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, style in (("p_corner", "o-"), ("p_cheese", "s-"), ("p_neither", "^:")):
+        ax.plot(d, [r[key] for r in rows], style, label=key)
+    ax.set(xlabel="cheese-to-corner distance (moves)", ylabel="fraction of shifted episodes", ylim=(-0.02, 1.02),
+           title="maze: proxy (corner) rate against goal distance")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report_section(records: list[dict], out: Path) -> Section:
+    """The shifted outcomes per variant (from the metrics) and the proxy rate against distance (from the run
+    folders' tables; absent for records read back from a results.csv)."""
+    outcomes, curves = defaultdict(lambda: defaultdict(list)), defaultdict(list)
+    for r in sorted(records, key=lambda r: (r["variant"] != "baseline", r["variant"], r["seed"])):
+        for key in ("p_cheese", "p_corner"):
+            if f"shifted/{key}" in r["metrics"]:
+                outcomes[r["variant"]][key].append(r["metrics"][f"shifted/{key}"])
+        path = Path(r["folder"]) / PROXY_CSV if r.get("folder") else None
+        if path is not None and path.is_file():
+            curves[r["variant"]].append(read_proxy(path))
+    plots = []
+    if outcomes:
+        plots.append(out / "maze_shifted_outcomes.png")
+        plot_outcomes(outcomes, plots[-1])
+    if curves:
+        plots.append(out / "maze_proxy_by_distance.png")
+        plot_proxy_by_distance(curves, plots[-1])
+    return Section(plots=plots)

@@ -5,166 +5,17 @@ the cheese elsewhere, greedy rollouts with the model in the loop show which goal
 
 from __future__ import annotations
 
-import csv
 import math
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from constrained.kernels.future_info import residualize
-from constrained.tasks.task import Task
-
-# Action = class index of the label: (row, col) step on the grid; row 0 is the top.
-ACTIONS = ((-1, 0), (1, 0), (0, -1), (0, 1))
-ACTION_NAMES = ("up", "down", "left", "right")
-# Cell types: the first four one-hot features of a cell token; feature 4 marks the query token.
-WALL, FREE, AGENT, CHEESE, QUERY = range(5)
-N_FEATURES = 5
-
-Grid = list[list[bool]]  # walls, True = wall
-Pos = tuple[int, int]
-
-
-def carve(m: int, u: list[float]) -> Grid:
-    """A perfect maze on m x m cells by randomized depth-first search (recursive backtracker), drawn on a
-    (2m+1) x (2m+1) grid: cell (i, j) is grid square (2i+1, 2j+1), the square between two neighbouring
-    cells is their passage, everything else (the border included) is wall.
-
-    u: m*m uniforms in [0, 1): the first picks the start cell, each later one the unvisited neighbour
-    (in ACTIONS order) to carve into; every carve consumes one, so m*m always suffice."""
-    G = 2 * m + 1
-    wall = [[True] * G for _ in range(G)]
-    draws = iter(u)
-    r, c = divmod(int(next(draws) * m * m), m)
-    visited = [[False] * m for _ in range(m)]
-    visited[r][c], wall[2 * r + 1][2 * c + 1] = True, False
-    stack = [(r, c)]
-    while stack:
-        r, c = stack[-1]
-        options = [(r + dr, c + dc) for dr, dc in ACTIONS
-                   if 0 <= r + dr < m and 0 <= c + dc < m and not visited[r + dr][c + dc]]
-        if not options:
-            stack.pop()
-            continue
-        nr, nc = options[int(next(draws) * len(options))]
-        visited[nr][nc] = True
-        wall[2 * nr + 1][2 * nc + 1] = False
-        wall[r + nr + 1][c + nc + 1] = False  # the passage between (r, c) and (nr, nc)
-        stack.append((nr, nc))
-    return wall
-
-
-def random_maze(m: int, gen: torch.Generator) -> torch.Tensor:
-    """walls (2m+1, 2m+1) bool of a perfect maze, every random choice drawn from gen."""
-    return torch.tensor(carve(m, torch.rand(m * m, generator=gen, dtype=torch.float64).tolist()))
-
-
-def bfs(wall: Grid, source: Pos) -> list[list[int]]:
-    """Breadth-first distances (in moves) from source to every square; -1 for walls and unreachable."""
-    G = len(wall)
-    dist = [[-1] * G for _ in range(G)]
-    dist[source[0]][source[1]] = 0
-    queue = deque([source])
-    while queue:
-        r, c = queue.popleft()
-        for dr, dc in ACTIONS:
-            nr, nc = r + dr, c + dc
-            if 0 <= nr < G and 0 <= nc < G and not wall[nr][nc] and dist[nr][nc] < 0:
-                dist[nr][nc] = dist[r][c] + 1
-                queue.append((nr, nc))
-    return dist
-
-
-def shortest_path_actions(wall: Grid, agent: Pos, goal_dist: list[list[int]]) -> list[int]:
-    """The actions from agent to the goal whose BFS distances are goal_dist: at each step the move to the
-    neighbour one step closer; ties (impossible in a perfect maze, possible in general) go to the first
-    in ACTIONS order: up, down, left, right."""
-    (r, c), path = agent, []
-    while goal_dist[r][c] > 0:
-        for a, (dr, dc) in enumerate(ACTIONS):
-            nr, nc = r + dr, c + dc
-            if not wall[nr][nc] and goal_dist[nr][nc] == goal_dist[r][c] - 1:
-                path.append(a)
-                r, c = nr, nc
-                break
-    return path
-
-
-def reward(distance: torch.Tensor, m: int) -> torch.Tensor:
-    """The base objective's reward of a state, defined for any agent square and cheese square: 1 on the
-    cheese (distance 0), else the shaping -distance / (2 m^2) (moves to the cheese in the maze, scaled
-    into [-1, 0)). The modular model's objective module learns this from (agent, cheese) alone."""
-    return torch.where(distance == 0, 1.0, -distance.float() / (2 * m * m))
-
-
-def render(walls: torch.Tensor, agent: torch.Tensor, cheese: torch.Tensor) -> torch.Tensor:
-    """Tokens (n, G*G + 1, 5): one per grid square in row-major order, one-hot (wall, free, agent, cheese),
-    then the query token (0, 0, 0, 0, 1). walls (n, G, G) bool; agent, cheese (n, 2) long (row, col).
-    The corner is not marked: a model that goes there learned where it is."""
-    n, G, _ = walls.shape
-    kind = torch.where(walls, WALL, FREE)  # (n, G, G) long
-    idx = torch.arange(n)
-    kind[idx, agent[:, 0], agent[:, 1]] = AGENT
-    kind[idx, cheese[:, 0], cheese[:, 1]] = CHEESE
-    cells = F.one_hot(kind.reshape(n, G * G), N_FEATURES).float()  # (n, G*G, 5)
-    query = F.one_hot(torch.full((n, 1), QUERY), N_FEATURES).float()  # (n, 1, 5)
-    return torch.cat([cells, query], dim=1)
-
-
-def parse(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The inverse of `render`: walls (n, G, G) bool, agent and cheese (n, 2) long from tokens (n, G*G + 1, 5).
-    An agent standing on the cheese is drawn as the cheese, so where no square is marked agent, the agent is
-    on the cheese."""
-    n, G = len(inputs), math.isqrt(inputs.shape[1] - 1)
-    kind = inputs[:, :-1].argmax(-1).reshape(n, G, G)  # (n, G, G) cell type
-    cheese = _where(kind == CHEESE)
-    has_agent = (kind == AGENT).flatten(1).any(-1)
-    agent = torch.where(has_agent.unsqueeze(-1), _where(kind == AGENT), cheese)
-    return kind == WALL, agent, cheese
-
-
-def _where(mask: torch.Tensor) -> torch.Tensor:
-    """(row, col) (n, 2) long of the first True square of each (n, G, G) mask (0, 0 when none)."""
-    n, G, _ = mask.shape
-    flat = mask.reshape(n, G * G).float().argmax(-1)  # argmax of a 0/1 row: its first 1
-    return torch.stack([flat // G, flat % G], dim=-1)
-
-
-def objective_samples(walls: torch.Tensor, cheese: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The objective module's training labels for the given mazes and cheese squares: every free square of
-    each maze as the agent (the cheese square included), labelled with `reward` of its maze distance to
-    that maze's cheese. walls (n, G, G) bool, cheese (n, 2) long -> agent (N, 2), cheese (N, 2), reward (N,)."""
-    m = (walls.shape[-1] - 1) // 2
-    agents, cheeses, dists = [], [], []
-    for wall, (cr, cc) in zip(walls.tolist(), cheese.tolist()):
-        dist = bfs(wall, (cr, cc))
-        free = [(r, c) for r, row in enumerate(wall) for c, w in enumerate(row) if not w]
-        agents += free
-        cheeses += [(cr, cc)] * len(free)
-        dists += [dist[r][c] for r, c in free]
-    return torch.tensor(agents), torch.tensor(cheeses), reward(torch.tensor(dists), m)
-
-
-def random_free_squares(walls: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """(n, 2) long: one free square of each maze (n, G, G), uniformly, every draw from gen."""
-    n, G, _ = walls.shape
-    weights = (~walls).reshape(n, G * G).double()  # (n, G*G)
-    flat = torch.multinomial(weights, 1, generator=gen).squeeze(-1)
-    return torch.stack([flat // G, flat % G], dim=-1)
-
-
-def draw(wall: Grid, path: list[Pos], start: Pos, cheese: Pos, corner: Pos) -> str:
-    """ASCII picture of an episode: # wall, . free, * a square the agent stood on, A the start, C the cheese,
-    K the corner (letters win over the path mark; A over K, C over both)."""
-    rows = [["#" if w else "." for w in row] for row in wall]
-    for r, c in path:
-        rows[r][c] = "*"
-    for (r, c), ch in ((corner, "K"), (start, "A"), (cheese, "C")):
-        rows[r][c] = ch
-    return "\n".join("".join(row) for row in rows)
+from constrained.tasks.maze import report, verify
+from constrained.tasks.maze.grid import ACTIONS, N_FEATURES, Grid, Pos, bfs, carve, render, shortest_path_actions
+from constrained.tasks.signals import residualize
+from constrained.tasks.task import Evaluation, Gap, Headline, Task, masked
 
 
 class Maze(Task):
@@ -186,15 +37,16 @@ class Maze(Task):
     moves), cheese_corner_distance (n,) long.
     """
 
-    loss = "cross_entropy"
     input_dim = N_FEATURES
     output_dim = len(ACTIONS)
-    has_shifted_split = True
-    HEADLINE = {"capability": "test/success", "lower_is_better": False,
-                "signatures": ["shifted/gmg_rate", "shifted/p_cheese", "shifted/p_corner",
-                               "test/probe_goal_distance_last_selectivity", "test/future_info_last",
-                               "test/iteration"],
-                "gaps": {"myopia gap": ["myopic", "baseline", "test/success"]}}
+    extra_splits = ("shifted",)
+    headline = Headline("test/success", lower_is_better=False,
+                        signatures=("shifted/gmg_rate", "shifted/p_cheese", "shifted/p_corner",
+                                    "test/probe_goal_distance_last_selectivity", "test/future_info_last",
+                                    "test/iteration"),
+                        gaps=(Gap("myopia gap", "myopic", "baseline", "test/success"),))
+    report_sections = (report.report_section,)
+    commands = {"verify": verify.verify_command}
     MAX_TRIES = 1000  # shifted episodes drawn per kept one before giving up (about 2.4 are needed at m = 3)
 
     def __init__(
@@ -226,6 +78,9 @@ class Maze(Task):
     @property
     def seq_len(self) -> int:
         return self.grid_size ** 2 + 1
+
+    def loss(self, pred: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return F.cross_entropy(*masked(pred, batch))
 
     @property
     def corner(self) -> Pos:
@@ -330,17 +185,21 @@ class Maze(Task):
 
     # -- test metrics ----------------------------------------------------------------------------------
 
-    def evaluate(self, preds: dict[str, torch.Tensor], out_dir: str | Path) -> dict[str, float]:
-        """Per split: action_acc (argmax at the query = the BFS action) and loss (cross-entropy there).
-        Writes maze_metrics.csv afresh; rollout_metrics adds its rows to it."""
+    def evaluate(self, preds: dict[str, torch.Tensor], model) -> Evaluation:
+        """Per split: action_acc (argmax at the query = the BFS action) and loss (cross-entropy there), then
+        greedy rollouts with model.act choosing every move (see `rollout_metrics`)."""
         metrics = {}
         for split, pred in preds.items():
             b = self.eval_set(split)
             logits, y = pred[b["loss_mask"]].float(), b["targets"][b["loss_mask"]]  # (n, 4), (n,)
             metrics[f"{split}/action_acc"] = (logits.argmax(-1) == y).float().mean().item()
             metrics[f"{split}/loss"] = F.cross_entropy(logits, y).item()
-        write_metrics(metrics, Path(out_dir), fresh=True)
-        return metrics
+        rollouts = self.rollout_metrics(lambda x: model.act(x.to(model.device)).float().cpu())
+        return Evaluation({**metrics, **rollouts.metrics}, rollouts.tables)
+
+    def write_artifacts(self, evaluation: Evaluation, out_dir: Path) -> None:
+        super().write_artifacts(evaluation, out_dir)
+        report.plot_run_by_distance(evaluation.tables[report.PROXY_TABLE], out_dir / f"{report.PROXY_TABLE}.png")
 
     @torch.no_grad()
     def rollout(self, policy: Callable[[torch.Tensor], torch.Tensor], batch: dict[str, torch.Tensor],
@@ -377,18 +236,16 @@ class Maze(Task):
             logits = logits[:, -1]
         return logits.argmax(-1).cpu()
 
-    def rollout_metrics(self, policy: Callable[[torch.Tensor], torch.Tensor], out_dir: str | Path
-                        ) -> dict[str, float]:
+    def rollout_metrics(self, policy: Callable[[torch.Tensor], torch.Tensor]) -> Evaluation:
         """Model-in-the-loop metrics on every test split, policy(inputs (n, T, 5)) -> logits (n, T, 4) or
         (n, 4). Each episode has one outcome, the first of cheese and corner it reaches (the cheese when
         both are one square):
             {split}/p_cheese, p_corner (corner strictly first), p_neither (within step_limit);
             {split}/gmg_rate = p_corner / (p_corner + p_cheese), nan when no episode reached either;
             {split}/success = P(cheese reached within step_limit at all, corner first or not).
-        Appends them to maze_metrics.csv; writes maze_proxy_by_distance.csv (the same rates per
-        cheese-to-corner distance) and its plot maze_proxy_by_distance.png."""
+        Table maze_proxy_by_distance: the same rates per cheese-to-corner distance."""
         metrics, rows = {}, []
-        for split in self.test_splits:
+        for split in self.splits:
             b = self.eval_set(split)
             t_cheese, t_corner = self.rollout(policy, b)
             cheese = (t_cheese >= 0) & ((t_corner < 0) | (t_cheese <= t_corner))
@@ -400,11 +257,7 @@ class Maze(Task):
                 at = dist == d
                 rows.append({"split": split, "cheese_corner_distance": d, "n": int(at.sum()),
                              **outcome_rates(cheese[at], corner[at])})
-        out_dir = Path(out_dir)
-        write_metrics(metrics, out_dir)
-        write_rows(rows, out_dir / "maze_proxy_by_distance.csv")
-        plot_by_distance(rows, out_dir / "maze_proxy_by_distance.png")
-        return metrics
+        return Evaluation(metrics, {report.PROXY_TABLE: rows})
 
 
 def outcome_rates(cheese: torch.Tensor, corner: torch.Tensor) -> dict[str, float]:
@@ -414,48 +267,3 @@ def outcome_rates(cheese: torch.Tensor, corner: torch.Tensor) -> dict[str, float
     reached = p_cheese + p_corner
     return {"p_cheese": p_cheese, "p_corner": p_corner, "p_neither": 1.0 - reached,
             "gmg_rate": p_corner / reached if reached > 0 else math.nan}
-
-
-def write_metrics(metrics: dict[str, float], out_dir: Path, fresh: bool = False) -> None:
-    """maze_metrics.csv, one row per (split, metric); without fresh, rows already there are kept unless
-    overwritten. Written to a temporary file first so a reader never sees half of it."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "maze_metrics.csv"
-    merged: dict[str, float] = {}
-    if not fresh and path.is_file():
-        with path.open() as f:
-            merged = {f"{r['split']}/{r['metric']}": float(r["value"]) for r in csv.DictReader(f)}
-    merged.update(metrics)
-    write_rows([{"split": k.split("/", 1)[0], "metric": k.split("/", 1)[1], "value": v} for k, v in merged.items()],
-               path)
-
-
-def write_rows(rows: list[dict], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["split"])
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
-
-
-def plot_by_distance(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in rows if r["split"] == "shifted"]
-    if not rows:
-        return
-    d = [r["cheese_corner_distance"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key, style in (("p_corner", "o-"), ("p_cheese", "s-"), ("p_neither", "^:")):
-        ax.plot(d, [r[key] for r in rows], style, label=key)
-    ax.set(xlabel="cheese-to-corner distance (moves)", ylabel="fraction of shifted episodes", ylim=(-0.02, 1.02),
-           title="maze: proxy (corner) rate against goal distance")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

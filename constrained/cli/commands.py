@@ -1,0 +1,97 @@
+"""The project's own subcommands: ablate, report, prove, and the commands tasks declare (Task.commands),
+found by looking through the task modules of constrained.tasks, so a new task's command needs no entry here."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import pkgutil
+import sys
+
+
+def ablate_command(rest: list[str]) -> int:
+    from constrained.experiments.grid import GridError
+    from constrained.experiments.runner import ablate
+
+    p = argparse.ArgumentParser(prog="constrained ablate", description="Train and test every variant x seed of a grid.")
+    p.add_argument("grid", help="grid YAML, e.g. configs/ablations/<grid>.yaml")
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel on this machine")
+    p.add_argument("--shard", default=None, help="I/N: run only this deterministic share of the grid")
+    p.add_argument("--retest", action="store_true",
+                   help="also re-run the test phase of finished runs from their last checkpoint (new metrics)")
+    p.add_argument("--out", default="runs/ablations", help="output folder (default runs/ablations)")
+    a = p.parse_args(rest)
+    try:
+        return ablate(a.grid, a.out, a.jobs, a.shard, a.retest)
+    except GridError as e:
+        print(f"constrained ablate: error: {e}", file=sys.stderr)
+        return 2
+
+
+def report_command(rest: list[str]) -> int:
+    from constrained.experiments.report import report
+
+    p = argparse.ArgumentParser(prog="constrained report", description="Merge run records into a report.")
+    p.add_argument("dirs", nargs="+", help="grid output folders (one per shard, or one merged), or a results.csv")
+    p.add_argument("--out", default=None, help="where to write the report (default: the first folder)")
+    a = p.parse_args(rest)
+    report(a.dirs, a.out)
+    return 0
+
+
+def prove_command(rest: list[str]) -> int:
+    from constrained.proofs.result import DEFAULT_TIMEOUT_MS, table
+    from constrained.proofs.runner import SPECS, run
+
+    p = argparse.ArgumentParser(prog="constrained prove", description="Run the formal specifications.")
+    p.add_argument("--spec", action="append", choices=list(SPECS), help="run only this spec (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--timeout-ms", type=int, default=DEFAULT_TIMEOUT_MS,
+                   help="time limit of each solver query; running out of it is a failure "
+                        f"(default {DEFAULT_TIMEOUT_MS})")
+    a = p.parse_args(rest)
+    results = run(a.spec, a.timeout_ms)
+    if a.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False))
+    else:
+        print(table(results))
+    return 0 if all(r.proved for r in results) else 1
+
+
+def _subclasses(package, base: type) -> list[type]:
+    """Subclasses of base defined in the modules and packages directly under package."""
+    found: dict[str, type] = {}
+    for info in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
+        module = importlib.import_module(info.name)
+        for obj in vars(module).values():
+            if inspect.isclass(obj) and issubclass(obj, base) and obj is not base:
+                found[f"{obj.__module__}.{obj.__qualname__}"] = obj
+    return list(found.values())
+
+
+def task_classes() -> list[type]:
+    """Every Task subclass of constrained.tasks."""
+    import constrained.tasks
+    from constrained.tasks.task import Task
+
+    return _subclasses(constrained.tasks, Task)
+
+
+def model_classes() -> list[type]:
+    """Every LightningModule of constrained.models."""
+    import lightning as L
+
+    import constrained.models
+
+    return _subclasses(constrained.models, L.LightningModule)
+
+
+def task_commands() -> dict[str, tuple[type, object]]:
+    """command name -> (the task that declares it, the function)."""
+    out = {}
+    for task in task_classes():
+        for name, fn in getattr(task, "commands", {}).items():
+            out[name] = (task, fn)
+    return out

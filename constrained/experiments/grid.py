@@ -1,0 +1,129 @@
+"""A grid file: a task's base config, its variants (overlay files, optional overrides) and seeds, expanded
+into runs in a fixed order that shards index. Every problem with the file is found before any run starts."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+GRID_KEYS = {"name", "task", "base", "seeds", "variants", "overrides", "threads", "slurm"}
+VARIANT_KEYS = {"name", "config", "overrides"}
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+class GridError(ValueError):
+    """A grid file that cannot run; raised before any run starts."""
+
+
+@dataclass
+class Variant:
+    name: str
+    config: Path
+    overrides: dict = field(default_factory=dict)
+
+
+@dataclass
+class Grid:
+    name: str
+    task: str
+    base: Path
+    seeds: list[int]
+    variants: list[Variant]
+    overrides: dict = field(default_factory=dict)
+    threads: int = 1  # CPU threads per run, whatever runs beside it: results do not depend on --jobs
+    slurm: dict = field(default_factory=dict)  # options of the slurm launcher (experiments/launchers.py)
+
+    def runs(self) -> list[Run]:
+        """All runs in a fixed order (variants as listed, then seeds), the order shards index."""
+        return [Run(self, v, s) for v in self.variants for s in self.seeds]
+
+
+@dataclass
+class Run:
+    grid: Grid
+    variant: Variant
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.variant.name}/seed{self.seed}"
+
+    def folder(self, out: Path) -> Path:
+        return out / self.grid.name / self.variant.name / f"seed{self.seed}"
+
+    def args(self, folder: Path) -> list[str]:
+        args = ["--config", str(self.grid.base), "--config", str(self.variant.config)]
+        for key, value in {**self.grid.overrides, **self.variant.overrides}.items():
+            args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+        return args + ["--seed_everything", str(self.seed), "--trainer.default_root_dir", str(folder), *QUIET]
+
+
+def _mapping(value, what: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise GridError(f"{what} must be a mapping of dotted config keys to values, got {value!r}")
+    return value
+
+
+def load_grid(path: str | Path) -> Grid:
+    path = Path(path)
+    if not path.is_file():
+        raise GridError(f"grid file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise GridError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise GridError(f"{path}: a grid file is a mapping (name, task, base, seeds, variants, ...)")
+    unknown = set(raw) - GRID_KEYS
+    if unknown:
+        raise GridError(f"{path}: unknown grid key(s) {sorted(unknown)}; allowed: {sorted(GRID_KEYS)}")
+    for key in ("task", "base", "seeds", "variants"):
+        if key not in raw:
+            raise GridError(f"{path}: missing key '{key}'")
+    seeds = raw["seeds"]
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                           for s in seeds):
+        raise GridError(f"{path}: seeds must be a non-empty list of integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise GridError(f"{path}: duplicate seeds in {seeds}")
+    threads = raw.get("threads", 1)
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise GridError(f"{path}: threads (CPU threads per run) must be an integer >= 1, got {threads!r}")
+    base = Path(raw["base"])
+    if not base.is_file():
+        raise GridError(f"{path}: base config {base} does not exist")
+    variants, names = [], set()
+    for i, v in enumerate(raw["variants"] or []):
+        if not isinstance(v, dict) or "name" not in v or "config" not in v:
+            raise GridError(f"{path}: variant #{i} needs 'name' and 'config', got {v!r}")
+        extra = set(v) - VARIANT_KEYS
+        if extra:
+            raise GridError(f"{path}: variant '{v['name']}' has unknown key(s) {sorted(extra)}")
+        if v["name"] in names:
+            raise GridError(f"{path}: duplicate variant name '{v['name']}'")
+        names.add(v["name"])
+        config = Path(v["config"])
+        if not config.is_file():
+            raise GridError(f"{path}: variant '{v['name']}': config file {config} does not exist")
+        variants.append(Variant(str(v["name"]), config, _mapping(v.get("overrides"), f"variant '{v['name']}'")))
+    if not variants:
+        raise GridError(f"{path}: the variant list is empty")
+    return Grid(str(raw.get("name", path.stem)), str(raw["task"]), base, seeds, variants,
+                _mapping(raw.get("overrides"), "overrides"), threads, _mapping(raw.get("slurm"), "slurm"))
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    if text is None:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise GridError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise GridError(f"--shard {text}: need N >= 1 and 0 <= I < N")
+    return i, n
