@@ -1,3 +1,4 @@
+import argparse
 import csv
 import glob
 import os
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from constrained.cli import main
+from constrained.experiments.grid import load_grid
 from tests.conftest import CONFIGS, fast_args
 
 VARIANTS = sorted(Path(p).stem for p in glob.glob(f"{CONFIGS}/*.yaml") if not p.endswith("base.yaml"))
@@ -24,13 +26,34 @@ def test_variant_overlays_exist():
     assert {"baseline", "myopic", "horizon8", "concatenated_baseline", "concatenated_myopic"} <= set(VARIANTS)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_every_config_parses(variant, capsys):
+def _print_config(args, capsys) -> str:
     with pytest.raises(SystemExit) as exit_:
-        main(["fit", "--config", f"{CONFIGS}/base.yaml", "--config", f"{CONFIGS}/{variant}.yaml", "--print_config"])
-    assert exit_.value.code in (0, None)
-    out = capsys.readouterr().out
-    assert "constrained.models.sequence_model.SequenceModel" in out and f"runs/icl_regression/{variant}" in out
+        main(["fit", *args, "--print_config"])
+    assert exit_.value.code in (0, None), capsys.readouterr().err
+    return capsys.readouterr().out
+
+
+OVERLAYS = sorted(p for p in glob.glob("configs/*/*.yaml") if not p.startswith("configs/ablations/")
+                  and not p.endswith("/base.yaml"))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_config_parses(overlay, capsys):
+    """Every overlay in configs/, composed with its folder's base, as `constrained fit --print_config` reads it."""
+    base = str(Path(overlay).parent / "base.yaml")
+    out = _print_config(["--config", base, "--config", overlay], capsys)
+    assert "class_path: constrained.models." in out and "class_path: constrained.tasks." in out
+
+
+GRID_RUNS = sorted((str(path), v.name) for path in glob.glob("configs/ablations/*.yaml")
+                   for v in load_grid(path).variants)
+
+
+@pytest.mark.parametrize("grid,variant", GRID_RUNS)
+def test_every_grid_variant_parses(grid, variant, capsys, tmp_path):
+    """What `constrained ablate` runs for each variant (base, overlay, overrides) parses."""
+    run = next(r for r in load_grid(grid).runs() if r.variant.name == variant)
+    _print_config(run.args(tmp_path), capsys)
 
 
 def test_fit_then_test_writes_run_folder(tmp_path):
@@ -120,11 +143,13 @@ def test_unknown_key_on_command_line(tmp_path, capsys):
     assert "d_modle" in err
 
 
-def test_unknown_key_in_config_file(tmp_path, capsys):
+@pytest.mark.parametrize("text,expected", [("model:\n  init_args:\n    n_layerz: 2\n", "n_layerz"),
+                                           ("trainer:\n  max_steps: [3\n", "bad.yaml is not valid YAML: line")])
+def test_bad_config_file_is_named(tmp_path, capsys, text, expected):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("model:\n  init_args:\n    n_layerz: 2\n")
+    bad.write_text(text)
     err = _error_of(["fit", *fast_args(tmp_path), "--config", str(bad)], capsys)
-    assert "n_layerz" in err
+    assert expected in err
 
 
 def test_wrong_type(tmp_path, capsys):
@@ -135,13 +160,6 @@ def test_wrong_type(tmp_path, capsys):
 def test_missing_config_file(tmp_path, capsys):
     err = _error_of(["fit", "--config", str(tmp_path / "nope.yaml")], capsys)
     assert "nope.yaml" in err
-
-
-def test_yaml_syntax_error_names_the_file_and_line(tmp_path, capsys):
-    bad = tmp_path / "broken.yaml"
-    bad.write_text("trainer:\n  max_steps: [3\n")
-    err = _error_of(["fit", *fast_args(tmp_path), "--config", str(bad)], capsys)
-    assert "broken.yaml is not valid YAML: line" in err
 
 
 def test_class_path_typo_lists_the_classes_that_exist(tmp_path, capsys):
@@ -221,3 +239,25 @@ def test_corrupt_checkpoint_is_named_before_anything_runs(tmp_path, capsys, cont
         assert f"cannot read checkpoint {ckpt}" in err and "weights_only=False" not in err, err
     assert main(["test", *fast_args(tmp_path), "--ckpt_path", str(tmp_path / "nope.ckpt")]) == 2
     assert "nope.ckpt not found" in capsys.readouterr().err
+
+
+def test_importing_the_package_loads_no_part():
+    """`import constrained` and the mask spec load neither Lightning, Triton nor any task, so a spec or a kernel
+    can be used without them."""
+    code = ("import sys, constrained, constrained.proofs.mask; "
+            "print(sorted(m for m in ('lightning', 'triton', 'torch', 'constrained.tasks.task', "
+            "'constrained.models.transformer') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
+    assert out.strip() == "[]", out
+
+
+def test_checkpoint_with_a_python_object_is_refused_without_unsafe_advice(tmp_path, capsys):
+    main(["fit", *fast_args(tmp_path)])
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, weights_only=True)
+    state["smuggled"] = argparse.Namespace(code="anything")  # what a safe load must refuse
+    torch.save(state, ckpt)
+    assert main(["test", *fast_args(tmp_path), "--ckpt_path", str(ckpt)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot read checkpoint {ckpt}" in err and "argparse.Namespace" in err
+    assert "weights_only" not in err and "add_safe_globals" not in err and "safe_globals" not in err, err

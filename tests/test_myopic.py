@@ -1,6 +1,8 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
+from constrained.models.mask import attention_mask
 from tests.conftest import tiny
 
 T = 8
@@ -46,3 +48,69 @@ def test_myopic_weights_still_learn():
     model(torch.randn(2, T, 5)).sum().backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+# -- myopic descent as Wu, Morris & Levine define it ------------------------------------------------------------
+#
+# Give every position s its own copy θ_s of the parameters (the untied model below computes everything at s with
+# θ_s, and the keys and values s contributes to later queries with θ_s too). The ordinary gradient of
+# L = Σ_t L_t is Σ_s ∂L/∂θ_s; myopic descent keeps only the diagonal terms Σ_t ∂L_t/∂θ_t: the loss at t updates
+# the parameters only through the computation at t itself.
+
+
+def untied_forward(model, thetas, x):
+    """The model's forward with position s computed by the parameter copy thetas[s] (name -> tensor)."""
+    B, T_, _ = x.shape
+    H = model.blocks[0].attn.n_heads
+    Dh = model.blocks[0].attn.d_head
+    allowed = attention_mask(T_, model.horizon, model.query_positions)
+
+    def ln(p, name, v):
+        return F.layer_norm(v, v.shape[-1:], p[f"{name}.weight"], p[f"{name}.bias"])
+
+    def lin(p, name, v):
+        return F.linear(v, p[f"{name}.weight"], p[f"{name}.bias"])
+
+    h = [lin(thetas[s], "embed", x[:, s]) + thetas[s]["pos_embed"][s] for s in range(T_)]
+    for i in range(len(model.blocks)):
+        pre = f"blocks.{i}"
+        qkv = [lin(thetas[s], f"{pre}.attn.W_qkv", ln(thetas[s], f"{pre}.ln1", h[s])).view(B, 3, H, Dh)
+               for s in range(T_)]
+        new = []
+        for t in range(T_):
+            keys = [s for s in range(T_) if allowed[t, s]]
+            scores = torch.stack([(qkv[t][:, 0] * qkv[s][:, 1]).sum(-1) for s in keys], -1) / Dh ** 0.5  # (B, H, S)
+            p = torch.softmax(scores, -1)
+            out = sum(p[..., j:j + 1] * qkv[s][:, 2] for j, s in enumerate(keys))  # (B, H, Dh)
+            r = h[t] + lin(thetas[t], f"{pre}.attn.W_o", out.reshape(B, H * Dh))
+            m = lin(thetas[t], f"{pre}.mlp.0", ln(thetas[t], f"{pre}.ln2", r))
+            new.append(r + lin(thetas[t], f"{pre}.mlp.2", F.gelu(m)))
+        h = new
+    return torch.stack([lin(thetas[t], "unembed", ln(thetas[t], "ln_final", h[t])) for t in range(T_)], 1)
+
+
+@pytest.mark.parametrize("options", [{}, {"horizon": 3}, {"query_positions": [0, 2, 4, 6]}])
+def test_myopic_gradient_is_the_diagonal_of_the_per_position_gradient(options):
+    torch.manual_seed(0)
+    base = tiny(n_ctx=T, **options).double()
+    myopic = tiny(n_ctx=T, myopic_gradient=True, **options).double()
+    myopic.load_state_dict(base.state_dict())
+    x = torch.randn(2, T, 5, dtype=torch.float64)
+    g = torch.randn(2, T, 1, dtype=torch.float64)
+    names = [n for n, _ in base.named_parameters()]
+    thetas = [{n: p.detach().clone().requires_grad_() for n, p in base.named_parameters()} for _ in range(T)]
+    y = untied_forward(base, thetas, x)
+    torch.testing.assert_close(y, base(x))  # the untied model computes the same function
+    per_t = [(y[:, t] * g[:, t]).sum() for t in range(T)]
+    every = torch.autograd.grad(sum(per_t), [th[n] for th in thetas for n in names], retain_graph=True)
+    full = [sum(every[i::len(names)]) for i in range(len(names))]  # Σ_s ∂L/∂θ_s, parameter by parameter
+    diag = {n: torch.zeros_like(thetas[0][n]) for n in names}
+    for t in range(T):
+        for n, d in zip(names, torch.autograd.grad(per_t[t], [thetas[t][n] for n in names], retain_graph=True,
+                                                    allow_unused=True)):
+            if d is not None:
+                diag[n] += d
+    for model, expected in ((base, dict(zip(names, full))), (myopic, diag)):
+        got = torch.autograd.grad((model(x) * g).sum(), list(model.parameters()))
+        for n, gr in zip(names, got):
+            torch.testing.assert_close(gr, expected[n], msg=lambda m, n=n: f"{n}: {m}")

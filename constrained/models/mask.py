@@ -7,8 +7,6 @@ and the formal spec in proofs/ checks the very function the model calls.
 
 from __future__ import annotations
 
-import torch
-
 
 def attends(i, j, horizon=None, j_is_query=None):
     """True where query position i may read key position j.
@@ -24,8 +22,10 @@ def attends(i, j, horizon=None, j_is_query=None):
     return allowed
 
 
-def attention_mask(n_ctx: int, horizon: int | None = None, query_positions=None) -> torch.Tensor:
-    """Boolean (n_ctx, n_ctx) matrix, True where row i may attend to column j."""
+def attention_mask(n_ctx: int, horizon: int | None = None, query_positions=None):
+    """Boolean (n_ctx, n_ctx) tensor, True where row i may attend to column j."""
+    import torch  # here, not at the top: the z3 spec imports this module for `attends` alone
+
     pos = torch.arange(n_ctx)
     i = pos[:, None]  # (T, 1)
     j = pos[None, :]  # (1, T)

@@ -42,9 +42,6 @@ def gd_step(xs: torch.Tensor, ys: torch.Tensor, eta: torch.Tensor) -> torch.Tens
     return averaging(xs, ys) * eta[None, :]
 
 
-BASELINES = ("zero", "averaging", "least_squares", "gd_step")
-
-
 def baseline_predictions(xs: torch.Tensor, ys: torch.Tensor, eta: torch.Tensor) -> dict[str, torch.Tensor]:
     return {
         "zero": zero(xs, ys),
