@@ -12,8 +12,11 @@ cannot give without a T×T matrix in memory:
 - reach: attention mass beyond a soft horizon h weighted by excess distance, accumulated online next
   to the softmax denominator and differentiated inside the flash backward.
 
-Side by side: the Triton kernels, the PyTorch reference of the same math (`attention_reference`, the
-CPU path), the autograd.Function (`FusedAttention`), and the dispatching entry point (`attention`).
+Side by side: the Triton kernels, the PyTorch reference of the same math (`attention_reference`: the
+CPU path when the pattern is read or reach asked for), the same options through torch's fused attention
+(`attention_sdpa`, the CPU path otherwise; `MyopicFlashCPU` gives its myopic backward from the logsumexp of
+the CPU flash op, skipping the dK/dV sweep as the Triton kernel does), the Triton autograd.Function
+(`FusedAttention`), and the dispatching entry point (`attention`).
 """
 
 import functools
@@ -50,7 +53,7 @@ else:
     # when triton is first imported: both must have seen TRITON_INTERPRET=1 for the interpreter to work.
     INTERPRETED = bool(triton.knobs.runtime.interpret) and type(tl.zeros).__name__ == "InterpretedFunction"
 
-BACKENDS = ("auto", "triton", "reference")
+BACKENDS = ("auto", "triton", "sdpa", "reference")
 MAX_HEAD_DIM = 128
 
 
@@ -549,7 +552,7 @@ def _block_d(head_dim: int) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
-# PyTorch reference (the CPU path)
+# PyTorch reference (the CPU path when the pattern is read or reach asked for)
 # ----------------------------------------------------------------------------------------------
 
 
@@ -559,17 +562,42 @@ def reach_weights(T: int, reach_h: float, device=None, dtype=torch.float32) -> t
     return formulas.reach_weight(pos[:, None], pos[None, :], T, reach_h, lambda x: x.clamp(min=0))  # (T, T)
 
 
+@functools.lru_cache(maxsize=32)
+def _cached_reach_weights(T: int, reach_h: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return reach_weights(T, reach_h, device, dtype)  # the model asks for the same weights every step
+
+
 def reach_from_pattern(pattern: torch.Tensor, reach_h: float) -> torch.Tensor:
     """Reach of an attention pattern (..., T, T): mean over every leading index and query i of
     Σ_j A_ij · max(0, i - j - h) / T."""
     T = pattern.shape[-1]
-    w = reach_weights(T, reach_h, pattern.device, _row_dtype(pattern.dtype))
+    w = _cached_reach_weights(T, float(reach_h), pattern.device, _row_dtype(pattern.dtype))
     return formulas.reach_rows(pattern, w).mean()
+
+
+def _query_key(is_query: torch.Tensor | None) -> tuple[bool, ...] | None:
+    """is_query (T,) as a hashable key of the mask cache."""
+    return None if is_query is None else tuple(bool(b) for b in is_query.tolist())
+
+
+@functools.lru_cache(maxsize=64)
+def _options_mask(T: int, horizon: int | None, is_query: tuple[bool, ...] | None, device: torch.device,
+                  dtype: torch.dtype = torch.bool) -> torch.Tensor:
+    """(T, T) mask of `attends`: bool, or for a float dtype additive (0 where read, -inf elsewhere: what the
+    CPU flash op takes and the reference adds to its scores). Cached: the model asks for the same few masks
+    every step."""
+    pos = torch.arange(T, device=device)
+    j_is_query = None if is_query is None else torch.tensor(is_query, dtype=torch.bool, device=device)[None, :]
+    allowed = attends(pos[:, None], pos[None, :], horizon, j_is_query)  # (T, T)
+    if dtype == torch.bool:
+        return allowed
+    return torch.zeros(T, T, dtype=dtype, device=device).masked_fill(~allowed, float("-inf"))
 
 
 def attention_reference(q, k, v, horizon=None, myopic=False, reach_h=None, is_query=None, pattern_hook=None):
     """Masked-softmax attention with the kernel's options, materializing the (T, T) pattern: the CPU path
-    of the constrained model, and the reference the Triton kernel is tested against.
+    of the constrained model when a hook reads the pattern or reach is asked for, and the reference the
+    Triton kernel and `attention_sdpa` are tested against.
 
     Returns (out (B, H, T, Dh), reach scalar or None). myopic reads other positions' keys and values
     detached: the forward is plain attention, only the gradient into k and v is cut to the diagonal
@@ -579,9 +607,8 @@ def attention_reference(q, k, v, horizon=None, myopic=False, reach_h=None, is_qu
     _validate(q, k, v, horizon, reach_h, is_query)
     T, Dh = q.shape[-2:]
     scale = 1.0 / math.sqrt(Dh)
-    pos = torch.arange(T, device=q.device)
-    j_is_query = None if is_query is None else is_query.to(device=q.device, dtype=torch.bool)[None, :]  # (1, T)
-    mask = attends(pos[:, None], pos[None, :], horizon, j_is_query)  # (T, T)
+    # additive: 0 where `attends`, -inf elsewhere; adding it gives masked_fill's values in one pass fewer
+    mask = _options_mask(T, horizon, _query_key(is_query), q.device, q.dtype)  # (T, T)
     if myopic:
         k_past, v_past = k.detach(), v.detach()
         eye = torch.eye(T, dtype=torch.bool, device=q.device)
@@ -590,7 +617,7 @@ def attention_reference(q, k, v, horizon=None, myopic=False, reach_h=None, is_qu
         scores = torch.where(eye, own.unsqueeze(-1), scores)
     else:
         scores = (q @ k.transpose(-1, -2)) * scale  # (B, H, T, T)
-    scores = scores.masked_fill(~mask, float("-inf"))
+    scores = scores + mask
     # the softmax in at least fp32, as the kernel accumulates it
     pattern = torch.softmax(scores, dim=-1, dtype=_row_dtype(q.dtype))  # (B, H, T, T)
     if pattern_hook is not None:
@@ -602,6 +629,70 @@ def attention_reference(q, k, v, horizon=None, myopic=False, reach_h=None, is_qu
         out = pattern.to(q.dtype) @ v
     reach = None if reach_h is None else reach_from_pattern(pattern, reach_h)
     return out, reach
+
+
+# ----------------------------------------------------------------------------------------------
+# torch's fused attention with the options' mask (the CPU path when no pattern is read)
+# ----------------------------------------------------------------------------------------------
+
+
+def _flash_cpu_forward(q, k, v, mask):
+    if mask is None:
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, is_causal=True)
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=mask)
+
+
+class MyopicFlashCPU(torch.autograd.Function):
+    """Myopic attention on the CPU without the (T, T) pattern in memory: apply(q, k, v, mask) -> out.
+
+    The forward is torch's fused CPU flash attention (which also returns each row's logsumexp); mask is
+    None for plain causal attention, else the additive (T, T) mask of the options. The backward is the
+    Triton kernel's myopic backward: dq is the full attention gradient (from the fused backward, whose
+    dk and dv are dropped), and each key and value gets gradient from its own query alone:
+
+        p_jj = exp(s_jj - lse_j),  delta_j = do_j . o_j,  dS_jj = p_jj (do_j . v_j - delta_j),
+        dk_j = dS_jj q_j / sqrt(Dh),  dv_j = p_jj do_j.
+
+    The backward is not the derivative of the forward (that is the point), so gradcheck does not apply;
+    tests compare it with `attention_reference`.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask=None):
+        o, lse = _flash_cpu_forward(q, k, v, mask)
+        ctx.save_for_backward(q, k, v, o, lse, mask)
+        return o
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, do):
+        q, k, v, o, lse, mask = ctx.saved_tensors
+        dq = None
+        if ctx.needs_input_grad[0]:
+            dq = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                do, q, k, v, o, lse, 0.0, mask is None, attn_mask=mask)[0]
+        acc = _row_dtype(q.dtype)  # the diagonal terms in at least fp32, as the kernel accumulates them
+        scale = 1.0 / math.sqrt(q.shape[-1])
+        qa, doa = q.to(acc), do.to(acc)
+        p_own = torch.exp(torch.linalg.vecdot(qa, k.to(acc)) * scale - lse.to(acc))  # (B, H, T)
+        ds_own = p_own * torch.linalg.vecdot(doa, v.to(acc) - o.to(acc))  # do_j.v_j - delta_j, (B, H, T)
+        dk = (ds_own * scale).unsqueeze(-1) * qa
+        dv = p_own.unsqueeze(-1) * doa
+        return dq, dk.to(k.dtype), dv.to(v.dtype), None
+
+
+def attention_sdpa(q, k, v, horizon=None, myopic=False, is_query=None) -> torch.Tensor:
+    """Causal attention with a horizon, query tokens and the myopic gradient through torch's fused
+    scaled_dot_product_attention, the options' mask passed as a matrix: no pattern in memory, no reach.
+    myopic needs CPU tensors (`MyopicFlashCPU`); arguments must already be validated."""
+    T = q.shape[2]
+    query_key = _query_key(is_query)
+    if myopic:
+        plain = horizon is None and query_key is None
+        mask = None if plain else _options_mask(T, horizon, query_key, q.device, q.dtype)
+        return MyopicFlashCPU.apply(q, k, v, mask)
+    mask = _options_mask(T, horizon, query_key, q.device)
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -678,13 +769,19 @@ def _causal_mask(T: int, device: torch.device) -> torch.Tensor:
     return attends(pos[:, None], pos[None, :])  # (T, T) bool
 
 
-def resolve_backend(backend: str, device: torch.device, head_dim: int) -> str:
-    """The path `attention` takes: "auto" means Triton for CUDA tensors whose head dim one tile holds
-    (<= MAX_HEAD_DIM), the reference otherwise, as future_info does for wide signals."""
+def resolve_backend(backend: str, device: torch.device, head_dim: int, myopic: bool = False,
+                    reach_h: float | None = None) -> str:
+    """The path `attention` takes when an option is set and no hook reads the pattern: "auto" means Triton
+    for CUDA tensors whose head dim one tile holds (<= MAX_HEAD_DIM); else torch's fused attention with the
+    mask as a matrix ("sdpa") unless reach is asked for (it needs the pattern) or myopic is off the CPU (its
+    backward needs the CPU flash op's logsumexp); else the reference, as future_info does for wide signals."""
     if backend != "auto":
         return backend
-    fast = HAS_TRITON and device.type == "cuda" and head_dim <= MAX_HEAD_DIM
-    return "triton" if fast else "reference"
+    if HAS_TRITON and device.type == "cuda" and head_dim <= MAX_HEAD_DIM:
+        return "triton"
+    if reach_h is None and (not myopic or device.type == "cpu"):
+        return "sdpa"
+    return "reference"
 
 
 def attention(q, k, v, horizon=None, myopic=False, reach_h=None, is_query=None, backend="auto", pattern_hook=None):
@@ -698,8 +795,10 @@ def attention(q, k, v, horizon=None, myopic=False, reach_h=None, is_query=None, 
         differentiable scalar (in fp32 for half inputs); None otherwise.
     is_query: bool (T,), the concatenated-format clause: no position reads a query token but itself.
     backend: "auto" (plain causal attention without a pattern hook: scaled_dot_product_attention on any
-        device; with an option: Triton on CUDA tensors with Dh <= MAX_HEAD_DIM, the PyTorch reference
-        otherwise), "triton" (CUDA, or CPU under TRITON_INTERPRET=1 in fp32/fp64/fp16), "reference".
+        device; with an option: `resolve_backend`, i.e. Triton on CUDA tensors with Dh <= MAX_HEAD_DIM,
+        else "sdpa" without reach, else the PyTorch reference), "triton" (CUDA, or CPU under
+        TRITON_INTERPRET=1 in fp32/fp64/fp16), "sdpa" (`attention_sdpa`: no reach; myopic on CPU only),
+        "reference".
     pattern_hook: a function of the (B, H, T, T) pattern (the model's hook_pattern); only the reference
         materializes the pattern, so a hook sends "auto" there.
 
@@ -715,10 +814,17 @@ def attention(q, k, v, horizon=None, myopic=False, reach_h=None, is_query=None, 
         mask = _causal_mask(q.shape[2], q.device)
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask), None
     if isinstance(q, torch.Tensor) and q.dim() == 4:  # a malformed q gets its error from _validate
-        backend = resolve_backend(backend, q.device, q.shape[-1])
+        backend = resolve_backend(backend, q.device, q.shape[-1], myopic, reach_h)
     if backend == "reference":
         return attention_reference(q, k, v, horizon, myopic, reach_h, is_query, pattern_hook)
     _validate(q, k, v, horizon, reach_h, is_query)
+    if backend == "sdpa":
+        if reach_h is not None or pattern_hook is not None:
+            raise ValueError("backend='sdpa' never forms the attention pattern, so it computes no reach and "
+                             "runs no pattern hook; use backend='auto' or 'reference'")
+        if myopic and q.device.type != "cpu":
+            raise ValueError(f"backend='sdpa' with myopic needs CPU tensors (got {q.device}); use backend='auto'")
+        return attention_sdpa(q, k, v, None if horizon is None else int(horizon), bool(myopic), is_query), None
     if not HAS_TRITON:
         raise ValueError("backend='triton' needs triton installed")
     if not (q.is_cuda or INTERPRETED):

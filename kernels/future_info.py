@@ -29,6 +29,8 @@ This file holds, side by side:
 - `_grad_kernel` (Triton): one more pass over H and Z that writes dH and dZ without materializing
   the residual;
 - `future_info_reference`: the same math in plain PyTorch, differentiated by autograd;
+- `FutureInfoTorch`: the reference's forward with the closed-form backward above (the CPU path): two
+  products instead of autograd through the moments and the solve, which would solve again;
 - `FutureInfo`: the autograd.Function over the two kernels (the small d×d solve stays in torch);
 - `future_info`: the checked public entry with backend dispatch;
 - `future_targets`, `residualize`: the default future signal (targets at t+2..t+K, residualized on
@@ -56,7 +58,7 @@ try:
 except ImportError:  # triton ships for Linux x86_64 only (pyproject); the reference path needs none of it
     triton = tl = None
 
-BACKENDS = ("auto", "triton", "reference")
+BACKENDS = ("auto", "triton", "torch", "reference")
 MAX_DZ = 128  # one padded tile of Z columns per program; larger signals go to the reference
 
 
@@ -366,6 +368,46 @@ def future_info_reference(h: torch.Tensor, z: torch.Tensor, eps0: float = 1e-3) 
     return r2
 
 
+class FutureInfoTorch(torch.autograd.Function):
+    """R²(Z | H) in PyTorch with the closed-form backward: forward(h (N, d), z (N, dz), eps0) -> 0-dim R².
+
+    The forward is `future_info_reference`'s, op for op (same value); the backward is ∂R²/∂H =
+    2 (Zc − Hc M) Mᵀ / t (`formulas.future_info_grad_h`, which the penalty_algebra spec proves; inlined here
+    with t guarded) and ∂R²/∂Z = 2 (Hc M − R² Zc) / t, ε held constant as the reference holds it. Inputs are
+    2-D rows (`future_info` flattens and checks them). The backward is not itself differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, z: torch.Tensor, eps0: float) -> torch.Tensor:
+        acc = _acc_dtype(h, z)
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            hc = formulas.centre(h.to(acc) - h[:1].to(acc))  # (N, d), shifted by row 0 as the reference does
+            zc = formulas.centre(z.to(acc) - z[:1].to(acc))  # (N, dz)
+            tzz = zc.square().sum()
+            r2, m = _ridge_r2(hc.mT @ hc, hc.mT @ zc, tzz, eps0)
+        ctx.save_for_backward(hc, zc, m, tzz, r2)
+        ctx.dtypes = (h.dtype, z.dtype)
+        return r2
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        hc, zc, m, tzz, r2 = ctx.saved_tensors
+        pos = tzz > 0  # a constant Z gives R² = 0 and a zero (not NaN) gradient, as in the reference
+        scale = torch.where(pos, 2 * grad.to(tzz.dtype) / torch.where(pos, tzz, torch.ones_like(tzz)),
+                            torch.zeros_like(tzz))
+        dh = dz = None
+        with torch.autocast(device_type=hc.device.type, enabled=False):
+            if ctx.needs_input_grad[0]:
+                if zc.shape[1] > hc.shape[1]:  # a wide signal: Hc (M Mᵀ) costs N·d² where (Hc M) Mᵀ costs N·d·dz
+                    dh = (scale * (zc @ m.mT - hc @ (m @ m.mT))).to(ctx.dtypes[0])  # (N, d)
+                else:
+                    dh = (scale * ((zc - hc @ m) @ m.mT)).to(ctx.dtypes[0])  # (N, d)
+            if ctx.needs_input_grad[1]:
+                dz = (scale * (hc @ m - r2 * zc)).to(ctx.dtypes[1])  # (N, dz)
+        return dh, dz, None
+
+
 class FutureInfo(torch.autograd.Function):
     """R²(Z | H) by the Triton kernels: forward(h (N, d), z (N, dz), eps0) -> 0-dim R².
 
@@ -441,9 +483,10 @@ def future_info(h: torch.Tensor, z: torch.Tensor, eps0: float = 1e-3, backend: s
         eps0: ridge ε relative to the mean variance of Hc (scale-free). eps0 = 0 is allowed but
             needs Hc of full column rank (N > d, no constant or collinear features); otherwise the
             solve is singular and the result inf/NaN (not checked: that would sync the GPU).
-        backend: "auto" (Triton for CUDA tensors when triton is installed and d_z <= MAX_DZ, the
-            reference otherwise), "triton" (on CPU only under TRITON_INTERPRET=1, as the tests run it;
-            fp32/fp64/fp16 there, bf16 arithmetic is wrong in the interpreter) or "reference".
+        backend: "auto" (Triton for CUDA tensors when triton is installed and d_z <= MAX_DZ, "torch"
+            otherwise), "triton" (on CPU only under TRITON_INTERPRET=1, as the tests run it; fp32/fp64/fp16
+            there, bf16 arithmetic is wrong in the interpreter), "torch" (`FutureInfoTorch`: the reference's
+            forward, the closed-form backward) or "reference" (autograd through the reference).
         check_finite: raise on NaN/inf in h or z. It costs a pass over both and a host sync; a
             training loop that already checks its loss may turn it off.
 
@@ -461,9 +504,11 @@ def future_info(h: torch.Tensor, z: torch.Tensor, eps0: float = 1e-3, backend: s
                 raise ValueError(f"future_info: {name} contains NaN or inf")
     if backend == "auto":
         fast = triton is not None and h2.device.type == "cuda" and z2.shape[1] <= MAX_DZ
-        backend = "triton" if fast else "reference"
+        backend = "triton" if fast else "torch"
     if backend == "reference":
         return future_info_reference(h2, z2, eps0)
+    if backend == "torch":
+        return FutureInfoTorch.apply(h2, z2, float(eps0))
     if triton is None:
         raise ValueError("future_info: backend='triton' needs the triton package, which is not installed")
     if h2.device.type != "cuda" and not _interpreted():

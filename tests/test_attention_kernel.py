@@ -129,13 +129,17 @@ def test_interpreter_refuses_bf16():
     assert out.dtype == torch.bfloat16
 
 
-def test_auto_dispatch_falls_back_to_the_reference_for_wide_heads():
-    """One kernel tile holds at most MAX_HEAD_DIM lanes: "auto" takes the reference beyond it on CUDA too,
-    as future_info does for d_z > MAX_DZ; naming "triton" keeps the clear error."""
-    cuda = torch.device("cuda")
-    assert K.resolve_backend("auto", cuda, K.MAX_HEAD_DIM + 1) == "reference"
-    assert K.resolve_backend("auto", cuda, K.MAX_HEAD_DIM) == ("triton" if K.HAS_TRITON else "reference")
-    assert K.resolve_backend("auto", torch.device("cpu"), 16) == "reference"
+def test_auto_dispatch_falls_back_for_wide_heads():
+    """One kernel tile holds at most MAX_HEAD_DIM lanes: beyond it "auto" takes torch's fused attention on
+    CUDA too, or the reference where that cannot serve (reach; myopic off the CPU), as future_info does for
+    d_z > MAX_DZ; naming "triton" keeps the clear error."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert K.resolve_backend("auto", cuda, K.MAX_HEAD_DIM + 1, reach_h=1.0) == "reference"
+    assert K.resolve_backend("auto", cuda, K.MAX_HEAD_DIM + 1, myopic=True) == "reference"
+    assert K.resolve_backend("auto", cuda, K.MAX_HEAD_DIM + 1) == "sdpa"
+    assert K.resolve_backend("auto", cuda, K.MAX_HEAD_DIM, reach_h=1.0) == ("triton" if K.HAS_TRITON else "reference")
+    assert K.resolve_backend("auto", cpu, 16, myopic=True) == "sdpa"
+    assert K.resolve_backend("auto", cpu, 16, reach_h=1.0) == "reference"
     assert K.resolve_backend("triton", cuda, 4 * K.MAX_HEAD_DIM) == "triton"
     assert K.resolve_backend("reference", cuda, 16) == "reference"
 
@@ -269,7 +273,7 @@ def test_reference_reach_is_the_definition():
     torch.testing.assert_close(reach, total / (2 * 9))
 
 
-@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("backend", ["reference", "sdpa", "triton"])
 def test_bad_input_raises_clear_errors(backend):
     q, k, v = qkv(T=8, requires_grad=False)
     with pytest.raises(ValueError, match="horizon must be >= 1"):

@@ -227,7 +227,7 @@ def test_bad_input_raises_naming_the_problem(h, z, kw, match):
         fi.future_info(h, z, **kw)
 
 
-def test_auto_uses_reference_on_cpu(monkeypatch):
+def test_auto_never_runs_triton_on_cpu(monkeypatch):
     def refuse(*args):
         raise AssertionError("FutureInfo (Triton) must not run for CPU tensors under backend='auto'")
 

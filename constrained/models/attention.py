@@ -1,7 +1,8 @@
 """Multi-head causal self-attention with the constrained variants' switches: a horizon, query tokens
 (the concatenated ICL format) and myopic descent. The computation itself is the one dispatch in
 constrained.kernels.attention: scaled_dot_product_attention for plain causal attention, the fused Triton
-kernel on CUDA with an option set, and the PyTorch reference on the CPU or when the pattern is read.
+kernel on CUDA with an option set, torch's fused attention with the options' mask on the CPU (myopic through
+its own backward), and the PyTorch reference when the pattern is read or reach is asked for.
 
 Myopic descent (Wu, Morris & Levine 2024) trains with the diagonal terms of the gradient only: with the
 parameters used at each position treated as their own copy θ_s, the loss at t updates θ only through the

@@ -16,7 +16,7 @@ import torch
 
 from constrained import checkpoint
 from constrained.measure import penalties as penalty_lib
-from constrained.measure import probes, signatures
+from constrained.measure import signatures
 from constrained.measure.penalties import AdversarialProbes, Penalty
 from constrained.models.transformer import Transformer
 
@@ -44,7 +44,8 @@ class SequenceModel(L.LightningModule):
     ):
         """penalties: terms added to the loss, e.g. [{kind: future_info, weight: 1.0}] (measure/penalties.py).
         init_from: a checkpoint whose weights this run starts from (fine-tuning), with a fresh optimizer and
-        learning-rate schedule; resuming this run (--ckpt_path last) restores its own checkpoint instead."""
+        learning-rate schedule, loaded when the run sets up (`load_initial_weights`); resuming this run
+        (--ckpt_path last) restores its own checkpoint instead."""
         super().__init__()
         if lr <= 0 or warmup_steps < 0 or not 0 <= min_lr_ratio <= 1:
             raise ValueError(f"need lr > 0, warmup_steps >= 0, 0 <= min_lr_ratio <= 1; got {lr}, "
@@ -58,13 +59,23 @@ class SequenceModel(L.LightningModule):
         self._adversary_opt: torch.optim.Optimizer | None = None
         self._test_preds: dict[int, list[torch.Tensor]] = {}
         self._task = None
-        if init_from is not None:
-            self.load_weights(init_from)
+        self._initialised = init_from is None
+
+    def load_initial_weights(self) -> None:
+        """The weights of init_from, once: at the first setup, when every subclass has built its parts (the
+        modular model's objective is built after this class's __init__), and before Lightning restores a
+        checkpoint named by --ckpt_path (resuming or testing this run), which then wins."""
+        if not self._initialised:
+            self.load_weights(self.hparams.init_from)
+            self._initialised = True
 
     def load_weights(self, path: str) -> None:
         """This model's weights from a checkpoint (safely, weights_only); a checkpoint whose weights do not fit
         this config is refused naming the mismatched tensors."""
-        state = checkpoint.read(path)["state_dict"]
+        try:
+            state = checkpoint.read(path)["state_dict"]
+        except checkpoint.CheckpointError as e:  # name the option as well as the file
+            raise checkpoint.CheckpointError(f"model.init_args.init_from: {e}") from None
         mine = self.state_dict()
         missing = sorted(set(mine) - set(state))
         unexpected = sorted(set(state) - set(mine))
@@ -93,6 +104,10 @@ class SequenceModel(L.LightningModule):
         self._task = value
 
     def setup(self, stage: str) -> None:
+        self.load_initial_weights()
+        signal_ks = [p.future_k for p in self.penalties if p.kind != "reach"]
+        if signal_ks and stage == "fit":  # the penalties' targets come with the data, not from the training step
+            self.task.stream_signals(signal_ks)
         # the adversarial probe's output width is the task's signal width, known once the data is
         adv = next((p for p in self.penalties if p.kind == "adversarial_probe"), None)
         if adv is None or self.adversaries is not None:
@@ -126,12 +141,13 @@ class SequenceModel(L.LightningModule):
             rows = z = None
             if p.kind != "reach":
                 if p.future_k not in signals:
-                    signals[p.future_k] = self.task.future_signal(batch, p.future_k)
+                    signals[p.future_k] = self.task.batch_signal(batch, p.future_k)
                 rows, z = signals[p.future_k]
             trains = p.weight > 0 or p.kind == "adversarial_probe"  # the probe learns even at weight 0
             with torch.set_grad_enabled(trains and torch.is_grad_enabled()):
                 v = penalty_lib.value(p, cache, L_, rows, z, self.adversaries)
-            self.log(f"penalty/{p.name}", v.detach(), on_step=True, on_epoch=False)
+            if self.logs_this_step():
+                self.log(f"penalty/{p.name}", v.detach(), on_step=True, on_epoch=False)
             if p.kind == "adversarial_probe":
                 terms[p.name] = v  # the model's share is scaled by -weight inside (gradient reversal)
             elif p.weight > 0:
@@ -146,9 +162,20 @@ class SequenceModel(L.LightningModule):
                     f"non-finite loss at step {self.global_step}: term '{name}' = {value.item()}; "
                     f"training stopped, checkpoints written before this step are kept")
         loss = sum(terms.values())
-        self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=False)
-        self.log("train/loss", loss, prog_bar=True)
+        if self.logs_this_step():
+            self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=False)
+        self.log("train/loss", loss, prog_bar=True)  # every step: the progress bar shows it
         return loss
+
+    def logs_this_step(self) -> bool:
+        """Whether Lightning writes this training step's on_step values to the loggers: every
+        trainer.log_every_n_steps steps and when stopping (its own rule, asked of the trainer). A value logged on
+        another step is overwritten unread (callback_metrics aside), and a self.log call costs about 0.3 ms, a few
+        per cent of a small model's step, so the per-term metrics are logged only then."""
+        trainer = self._trainer
+        if trainer is None or not trainer.training:
+            return True
+        return bool(getattr(getattr(trainer, "_logger_connector", None), "should_update_logs", True))
 
     def on_after_backward(self) -> None:
         # the adversarial probe takes its own step; the main optimizer never sees its parameters
@@ -180,21 +207,13 @@ class SequenceModel(L.LightningModule):
         evaluation = task.evaluate(preds, self)
         task.write_artifacts(evaluation, Path(self.trainer.default_root_dir))
         metrics = dict(evaluation.metrics)
-        test = task.eval_set("test")
-        targets = task.probe_targets(test)
-        if targets:
-            control = probes.random_control(self.net, seed=task.eval_seed)
-            scores = probes.probe_scores(self.net, control, test, targets)  # eval mode, no_grad
-            metrics.update({f"test/{k}": v for k, v in scores.items()})
-        metrics.update({f"test/{k}": v for k, v in self.signatures(test).items()})
+        metrics.update(signatures.test_time(self.net, task))  # the same code as `constrained measure`
         self.log_dict(metrics, sync_dist=False)
 
     def signatures(self, batch: dict[str, torch.Tensor], n_sequences: int = 512) -> dict[str, float]:
         """future_info, reach and iteration on the first n_sequences of batch, at the task's settings
         (never a penalty's), so every variant is measured by the same ruler."""
-        batch = {k: v[:n_sequences] for k, v in batch.items()}
-        rows, z = self.task.future_signal(batch)
-        return signatures.measure(self.net, batch, rows, z, self.task.reach_horizon)
+        return signatures.on_task(self.net, self.task, batch, n_sequences)
 
     def optimized_parameters(self) -> list[torch.nn.Parameter]:
         """What the main optimizer trains (the adversarial probes have their own)."""

@@ -7,7 +7,8 @@ A task is a LightningDataModule that declares
 - data: `make_batch(gen, n, split)`, the test `splits`, and its base objective `loss(pred, batch)`;
 - test metrics: `evaluate(preds, model)` returns an Evaluation (metrics and tables), and
   `write_artifacts(evaluation, out_dir)` writes them (plots included) into the run folder;
-- mesa-signature inputs: `probe_targets(batch)`, `future_signal(batch, future_k)`, `reach_horizon`;
+- mesa-signature inputs: `probe_targets(batch)`, `future_signal(batch, future_k)` (the training stream
+  attaches it to each batch when a penalty needs it: `stream_signals`), `reach_horizon`;
 - for grids: a typed `headline` and `report_sections` (extra tables and plots in a grid's report);
 - optional `commands`: extra `constrained` subcommands (e.g. e(k) tables, a formal check of a checkpoint).
 """
@@ -99,7 +100,7 @@ class TrainStream(IterableDataset):
     def __iter__(self):
         step = self.start_step
         while True:
-            yield self.task.train_batch(step, self.rank)
+            yield self.task.with_signals(self.task.train_batch(step, self.rank))
             step += 1
 
 
@@ -124,6 +125,7 @@ class Task(L.LightningDataModule):
     commands: ClassVar[dict[str, Command]] = {}
     default_future_k = 4
     reach_horizon = 8.0  # the soft horizon the reach signature is measured at, for every variant
+    _stream_ks: tuple[int | None, ...] = ()  # future_k values whose signals training batches carry
 
     def __init__(self, batch_size: int, n_val: int, n_test: int, seed: int, eval_seed: int):
         super().__init__()
@@ -186,6 +188,26 @@ class Task(L.LightningDataModule):
         n_classes = None if batch["targets"].is_floating_point() else self.output_dim
         return default_future_signal(batch["targets"], batch["loss_mask"], k, n_classes)
 
+    def stream_signals(self, future_ks: list[int | None]) -> None:
+        """Have every training batch carry its future signal for each of future_ks (None: the task's default).
+        The signal depends on the data alone, so it is built with the batch, not in the training step."""
+        self._stream_ks = tuple(dict.fromkeys(future_ks))
+
+    def with_signals(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch, plus the future signals `stream_signals` asked for (keys from `signal_keys`)."""
+        for k in self._stream_ks:
+            rows_key, z_key = signal_keys(k)
+            batch[rows_key], batch[z_key] = self.future_signal(batch, k)
+        return batch
+
+    def batch_signal(self, batch: dict[str, torch.Tensor], future_k: int | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """future_signal(batch, future_k): the one the training stream attached, else computed now."""
+        rows_key, z_key = signal_keys(future_k)
+        if rows_key in batch:
+            return batch[rows_key], batch[z_key]
+        return self.future_signal(batch, future_k)
+
     # -- Lightning -----------------------------------------------------------------------------------------
 
     def setup(self, stage: str | None = None) -> None:
@@ -214,6 +236,12 @@ class Task(L.LightningDataModule):
 
     def test_dataloader(self):
         return [self._loader(s) for s in self.splits]
+
+
+def signal_keys(future_k: int | None) -> tuple[str, str]:
+    """The batch keys of an attached future signal (rows, z) for future_k (None: the task's default)."""
+    k = "default" if future_k is None else future_k
+    return f"future_signal.{k}.rows", f"future_signal.{k}.z"
 
 
 def masked(pred: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
