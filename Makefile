@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTHON ?= python3
 
-.PHONY: install demo test test-all lint clean
+.PHONY: install demo test test-all test-lens lint clean
 
 # torch==2.13.0 first: on the project's machines it is a local CPU build; a bare `torch`
 # requirement would otherwise pull the multi-GB CUDA build.
@@ -29,6 +29,15 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -m "not gpu"
+
+# The TransformerLens tests (export and measure), with the optional `lens` extra installed first.
+LENS_STAMP := $(VENV)/.installed-lens
+$(LENS_STAMP): $(STAMP) pyproject.toml
+	$(VENV)/bin/pip install -q torch==2.13.0 -e ".[dev,lens]"
+	touch $(LENS_STAMP)
+
+test-lens: $(LENS_STAMP)
+	$(PY) -m pytest -m lens
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

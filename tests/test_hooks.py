@@ -3,7 +3,7 @@ import torch
 
 from tests.conftest import tiny
 
-NAMES = ["hook_embed"] + [
+NAMES = ["hook_embed", "hook_pos_embed"] + [
     f"blocks.{l}.{n}" for l in range(2)
     for n in ("hook_resid_pre", "attn.hook_pattern", "attn.hook_reach", "hook_attn_out", "hook_mlp_out",
               "hook_resid_post")

@@ -17,14 +17,18 @@ training (LightningCLI; `constrained fit --help` for every option):
   test       the task's test metrics and signatures, written to the run folder (--ckpt_path)
 
 comparisons:
-  ablate GRID.yaml [--jobs J] [--shard I/N] [--out DIR] [--retest]
+  ablate GRID.yaml [--jobs J] [--shard I/N] [--out DIR] [--retest] [--launcher local|slurm [--wait] ...]
              every variant x seed of a grid: fit, test, one record per run, then the report
   report DIR [DIR ...] [--out OUT]
              merge run records (several shards) into results.csv, report.md and plots
 
 checks:
   prove [--spec NAME] [--json] [--timeout-ms N]
-             z3 specs (mask, penalty algebra, reach) and the isolation checks; exit 0 only if all proved
+             z3 specs (mask, penalty algebra, reach, horizon reach) and the isolation checks; exit 0 only if all proved
+
+TransformerLens (pip install -e ".[lens]"):
+  export     CHECKPOINT OUT_DIR: the checkpoint's transformer as a HookedTransformer (config, state dict)
+  measure    --config C --model-loader MODULE:FUNCTION: a task's signatures on any TransformerLens-hooked model
 """
 
 TRAINING = ("fit", "validate", "test")
@@ -70,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         return training_command(command, None if argv is None else args, args)
     from constrained.cli import commands
 
-    builtin = {"ablate": commands.ablate_command, "report": commands.report_command, "prove": commands.prove_command}
+    builtin = {"ablate": commands.ablate_command, "report": commands.report_command, "prove": commands.prove_command,
+               "export": commands.export_command, "measure": commands.measure_command}
     if command in builtin:
         return builtin[command](rest)
     found = commands.task_commands().get(command)

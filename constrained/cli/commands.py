@@ -14,6 +14,7 @@ import sys
 def ablate_command(rest: list[str]) -> int:
     from constrained.experiments.grid import GridError
     from constrained.experiments.runner import ablate
+    from constrained.experiments.slurm import ablate_slurm, add_arguments, launcher_options
 
     p = argparse.ArgumentParser(prog="constrained ablate", description="Train and test every variant x seed of a grid.")
     p.add_argument("grid", help="grid YAML, e.g. configs/ablations/<grid>.yaml")
@@ -22,8 +23,15 @@ def ablate_command(rest: list[str]) -> int:
     p.add_argument("--retest", action="store_true",
                    help="also re-run the test phase of finished runs from their last checkpoint (new metrics)")
     p.add_argument("--out", default="runs/ablations", help="output folder (default runs/ablations)")
+    p.add_argument("--launcher", choices=["local", "slurm"], default="local",
+                   help="local: a process pool on this machine (default); slurm: one job per unfinished run, "
+                        "submitted as one SLURM array")
+    add_arguments(p)
     a = p.parse_args(rest)
     try:
+        given = launcher_options(a)
+        if a.launcher == "slurm":
+            return ablate_slurm(a.grid, a.out, given, a.wait)
         return ablate(a.grid, a.out, a.jobs, a.shard, a.retest)
     except GridError as e:
         print(f"constrained ablate: error: {e}", file=sys.stderr)
@@ -58,6 +66,57 @@ def prove_command(rest: list[str]) -> int:
     else:
         print(table(results))
     return 0 if all(r.proved for r in results) else 1
+
+
+def export_command(rest: list[str]) -> int:
+    from constrained.checkpoint import CheckpointError
+    from constrained.models.export import FORMATS, ExportError, export
+
+    p = argparse.ArgumentParser(prog="constrained export",
+                                description="Write a checkpoint's transformer as a TransformerLens HookedTransformer "
+                                            "(config.json, state_dict.pt, export.json); needs the lens extra.")
+    p.add_argument("checkpoint", help="a checkpoint of `constrained fit`, e.g. runs/<task>/<variant>/checkpoints/"
+                                      "last.ckpt")
+    p.add_argument("out_dir", help="folder to write the export into")
+    p.add_argument("--format", choices=FORMATS, default=FORMATS[0], help="export format (default transformer_lens)")
+    a = p.parse_args(rest)
+    try:
+        meta = export(a.checkpoint, a.out_dir, a.format)
+    except (ExportError, CheckpointError) as e:
+        print(f"constrained export: error: {e}", file=sys.stderr)
+        return 2
+    kind = "token" if meta["input"] == "tokens" else "vector-input"
+    print(f"wrote {a.out_dir}: a {kind} HookedTransformer whose outputs equal the checkpoint's within "
+          f"{meta['max_abs_diff']:.1e}")
+    for note in meta["notes"]:
+        print(f"  {note}")
+    return 0
+
+
+def measure_command(rest: list[str]) -> int:
+    from constrained.measure.external import MeasureError, loader_args, run
+
+    p = argparse.ArgumentParser(prog="constrained measure",
+                                description="A task's test-time probe scores and signatures on any model with "
+                                            "run_with_cache and TransformerLens hook names.")
+    p.add_argument("--config", action="append", required=True,
+                   help="training config(s) naming the task (data: ...), composed in order like `constrained fit`")
+    p.add_argument("--model-loader", required=True,
+                   help="MODULE:FUNCTION returning the model, e.g. constrained.models.lens:load (an export) or "
+                        "constrained.models.lens:from_pretrained (a model TransformerLens knows by name)")
+    p.add_argument("--loader-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="keyword argument of the loader (repeatable; values read as YAML), e.g. path=runs/x/lens")
+    p.add_argument("--out", default=None, help="also write the metrics to this JSON file")
+    a = p.parse_args(rest)
+    try:
+        metrics = run(a.config, a.model_loader, loader_args(a.loader_arg), a.out)
+    except MeasureError as e:
+        print(f"constrained measure: error: {e}", file=sys.stderr)
+        return 2
+    width = max(map(len, metrics))
+    for k, v in metrics.items():
+        print(f"{k:<{width}}  {v:.6g}")
+    return 0
 
 
 def _subclasses(package, base: type) -> list[type]:

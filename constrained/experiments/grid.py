@@ -34,7 +34,7 @@ class Grid:
     variants: list[Variant]
     overrides: dict = field(default_factory=dict)
     threads: int = 1  # CPU threads per run, whatever runs beside it: results do not depend on --jobs
-    slurm: dict = field(default_factory=dict)  # options of the slurm launcher (experiments/launchers.py)
+    slurm: dict = field(default_factory=dict)  # options of the slurm launcher (experiments/slurm.py)
 
     def runs(self) -> list[Run]:
         """All runs in a fixed order (variants as listed, then seeds), the order shards index."""
@@ -113,8 +113,18 @@ def load_grid(path: str | Path) -> Grid:
         variants.append(Variant(str(v["name"]), config, _mapping(v.get("overrides"), f"variant '{v['name']}'")))
     if not variants:
         raise GridError(f"{path}: the variant list is empty")
+    from constrained.experiments.slurm import check_options
+
+    slurm = raw.get("slurm") or {}
+    if not isinstance(slurm, dict):
+        raise GridError(f"{path}: slurm must be a mapping of launcher options (partition, timeout_min, ...), "
+                        f"got {slurm!r}")
+    try:
+        check_options(slurm)
+    except GridError as e:
+        raise GridError(f"{path}: {e}") from None
     return Grid(str(raw.get("name", path.stem)), str(raw["task"]), base, seeds, variants,
-                _mapping(raw.get("overrides"), "overrides"), threads, _mapping(raw.get("slurm"), "slurm"))
+                _mapping(raw.get("overrides"), "overrides"), threads, slurm)
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:

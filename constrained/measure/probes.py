@@ -2,6 +2,9 @@
 
 Decodable-from-random-features is not a mesa-signature (DESIGN §8), so every score comes with the
 same probe fitted on a freshly initialized model and their difference, the selectivity.
+
+Any model with `run_with_cache` and TransformerLens hook names is probed (constrained.measure.hooked): our
+Transformer or a TransformerLens HookedTransformer alike.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.classification import binary_auroc
 
+from constrained.measure.hooked import HookedModel, check_hooks, device_of, n_layers
 from constrained.models.transformer import Transformer
 
 # name -> (mask (n, T) bool, values (n, T, k)); float values get a ridge probe (R²), bool values (k = 1) a
@@ -70,12 +74,23 @@ def linear_auroc(h_train: torch.Tensor, labels_train: torch.Tensor, h_test: torc
     return binary_auroc(scores, labels_test.long().to(scores.device)).item()
 
 
-def random_control(model: Transformer, seed: int) -> Transformer:
+def random_control(model: HookedModel, seed: int) -> HookedModel:
     """A freshly initialized model of the same config, deterministic in `seed`.
 
     Initialized on the CPU (so the control is the same on every device) inside a forked RNG, so the
-    global random state, and with it the training run, is untouched.
+    global random state, and with it the training run, is untouched. Our Transformer re-initializes by its own
+    scheme; a model with its own `reinitialized(seed)` (the vector read-in of an export) uses it; a TransformerLens
+    model (one with a cfg) is rebuilt from its config by TransformerLens's scheme.
     """
+    if not isinstance(model, Transformer):
+        if hasattr(model, "reinitialized"):
+            return model.reinitialized(seed)
+        if hasattr(model, "cfg"):
+            from constrained.models.lens import reinitialized
+
+            return reinitialized(model, seed)
+        raise TypeError(f"random_control: {type(model).__name__} is neither our Transformer nor a TransformerLens "
+                        f"model (no cfg), so there is no config to initialize afresh")
     param = next(model.parameters())
     control = copy.deepcopy(model).cpu()
     fresh: set[int] = set()
@@ -96,14 +111,15 @@ def random_control(model: Transformer, seed: int) -> Transformer:
 
 
 @torch.no_grad()
-def _hidden_at(net: Transformer, inputs: torch.Tensor, masks: dict[str, torch.Tensor], layers: list[int],
+def _hidden_at(net: HookedModel, inputs: torch.Tensor, masks: dict[str, torch.Tensor], layers: list[int],
                chunk: int = 256) -> dict[tuple[str, int], torch.Tensor]:
     """Residual stream after each layer at each mask's positions: {(name, layer): (N, d_model)},
     rows in sequence-major order (the order of values[mask])."""
     was_training = net.training
     net.eval()
     names = [f"blocks.{l}.hook_resid_post" for l in layers]
-    device = next(net.parameters()).device
+    check_hooks(net, names)
+    device = device_of(net)
     rows: dict[tuple[str, int], list[torch.Tensor]] = {(n, l): [] for n in masks for l in layers}
     try:
         for start in range(0, len(inputs), chunk):
@@ -117,7 +133,7 @@ def _hidden_at(net: Transformer, inputs: torch.Tensor, masks: dict[str, torch.Te
     return {key: torch.cat(parts) for key, parts in rows.items()}
 
 
-def probe_scores(model: Transformer, control: Transformer, batch: dict[str, torch.Tensor], targets: Targets,
+def probe_scores(model: HookedModel, control: HookedModel, batch: dict[str, torch.Tensor], targets: Targets,
                  layers: list[int] | None = None, alpha: float = 1e-3) -> dict[str, float]:
     """Probe score of each target from the residual stream after each layer, for the trained model and
     the control, and their difference: probe_{name}_L{l}[_control|_selectivity], and the same with `last`
@@ -128,7 +144,7 @@ def probe_scores(model: Transformer, control: Transformer, batch: dict[str, torc
     one sequence share its context, so splitting them would score memorization of that context.
     """
     inputs = batch["inputs"]
-    n, last = len(inputs), len(model.blocks) - 1
+    n, last = len(inputs), n_layers(model) - 1
     if n < 2:
         raise ValueError(f"probe_scores needs at least 2 sequences (train and test halves), got {n}")
     layers = sorted(set(range(last + 1) if layers is None else layers) | {last})

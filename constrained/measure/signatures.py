@@ -2,6 +2,10 @@
 
 The same numbers the penalties use as loss terms, plus the iteration signature, which is only ever
 watched: a pilot penalizing it drove it to ~0 with e(k) unchanged, so it is not a lever (DESIGN §5).
+
+Any model with `run_with_cache` and TransformerLens hook names is measured (constrained.measure.hooked). Reach
+is read from attn.hook_reach where the model has it (ours: computed inside the attention kernel, no T×T pattern
+kept) and otherwise computed from attn.hook_pattern by the same formula (kernels' reach_from_pattern).
 """
 
 from __future__ import annotations
@@ -9,8 +13,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from constrained.kernels.attention import reach_from_pattern
 from constrained.kernels.future_info import future_info
-from constrained.models.transformer import Transformer
+from constrained.measure import probes
+from constrained.measure.hooked import HookedModel, check_hooks, device_of, hook_names, n_layers
 
 
 def residual_streams(cache: dict[str, torch.Tensor], n_layers: int) -> list[torch.Tensor]:
@@ -30,25 +36,54 @@ def iteration(cache: dict[str, torch.Tensor], n_layers: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def measure(net: Transformer, batch: dict[str, torch.Tensor], rows: torch.Tensor, z: torch.Tensor,
+def measure(net: HookedModel, batch: dict[str, torch.Tensor], rows: torch.Tensor, z: torch.Tensor,
             reach_horizon: float, eps0: float = 1e-3) -> dict[str, float]:
     """future_info_L{l} (and _last), reach (mean over layers) and iteration on one batch, in eval mode."""
-    n_layers = len(net.blocks)
-    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.{h}" for l in range(n_layers)
-                                           for h in ("hook_resid_post", "attn.hook_reach")]
+    L = n_layers(net)
+    own_reach = "blocks.0.attn.hook_reach" in hook_names(net)
+    reach_hook = "attn.hook_reach" if own_reach else "attn.hook_pattern"
+    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.{h}" for l in range(L) for h in ("hook_resid_post", reach_hook)]
+    check_hooks(net, names)
+    kwargs = {"reach_h": reach_horizon} if own_reach else {}
     was_training = net.training
     net.eval()
     try:
-        device = next(net.parameters()).device
-        _, cache = net.run_with_cache(batch["inputs"].to(device), names_filter=names, reach_h=reach_horizon)
+        device = device_of(net)
+        _, cache = net.run_with_cache(batch["inputs"].to(device), names_filter=names, **kwargs)
     finally:
         net.train(was_training)
     rows, z = rows.to(device), z.to(device)
     out = {}
-    for l in range(n_layers):
+    for l in range(L):
         r2 = future_info(cache[f"blocks.{l}.hook_resid_post"][rows], z, eps0=eps0).item()
         out[f"future_info_L{l}"] = r2
-    out["future_info_last"] = out[f"future_info_L{n_layers - 1}"]
-    out["reach"] = torch.stack([cache[f"blocks.{l}.attn.hook_reach"] for l in range(n_layers)]).mean().item()
-    out["iteration"] = iteration(cache, n_layers).item()
+    out["future_info_last"] = out[f"future_info_L{L - 1}"]
+    if own_reach:
+        reach = [cache[f"blocks.{l}.attn.hook_reach"] for l in range(L)]
+    else:
+        reach = [reach_from_pattern(cache[f"blocks.{l}.attn.hook_pattern"], reach_horizon) for l in range(L)]
+    out["reach"] = torch.stack(reach).mean().item()
+    out["iteration"] = iteration(cache, L).item()
     return out
+
+
+def on_task(net: HookedModel, task, batch: dict[str, torch.Tensor], n_sequences: int = 512) -> dict[str, float]:
+    """future_info, reach and iteration on the first n_sequences of batch, at the task's settings (never a
+    penalty's), so every variant, and every model, is measured by the same ruler."""
+    batch = {k: v[:n_sequences] for k, v in batch.items()}
+    rows, z = task.future_signal(batch)
+    return measure(net, batch, rows, z, task.reach_horizon)
+
+
+def test_time(net: HookedModel, task) -> dict[str, float]:
+    """The task's test-time mesa-signatures, keyed test/...: probe scores on the test set beside a random-init
+    control of the same config (when the task declares probe targets), then on_task's signatures. What
+    `constrained test` adds to a run's metrics and what `constrained measure` reports for any hooked model."""
+    test = task.eval_set("test")
+    out = {}
+    targets = task.probe_targets(test)
+    if targets:
+        control = probes.random_control(net, seed=task.eval_seed)
+        out.update(probes.probe_scores(net, control, test, targets))  # eval mode, no_grad
+    out.update(on_task(net, task, test))
+    return {f"test/{k}": v for k, v in out.items()}

@@ -66,7 +66,10 @@ class Transformer(HookedModule):
         self.vocab_size = vocab_size
         self.embed = nn.Linear(d_in, d_model) if vocab_size is None else nn.Embedding(vocab_size, d_model)
         self.pos_embed = nn.Parameter(torch.randn(n_ctx, d_model) * 0.02)
+        # as in TransformerLens: hook_embed is the read-in alone, hook_pos_embed the positions, their sum enters
+        # block 0 (blocks.0.hook_resid_pre), so a cache means the same here and in an exported HookedTransformer
         self.hook_embed = HookPoint()
+        self.hook_pos_embed = HookPoint()
         is_query = None
         if query_positions is not None:
             is_query = torch.zeros(n_ctx, dtype=torch.bool)
@@ -84,7 +87,8 @@ class Transformer(HookedModule):
             raise ValueError(f"reach_h must be >= 0, got {reach_h}")
         self.check_input(x)
         T = x.shape[1]
-        h = self.hook_embed(self.embed(x) + self.pos_embed[:T])
+        e = self.hook_embed(self.embed(x))  # (B, T, d_model)
+        h = e + self.hook_pos_embed(self.pos_embed[:T].expand_as(e))
         for block in self.blocks:
             h = block(h, reach_h)
         return self.unembed(self.ln_final(h))
