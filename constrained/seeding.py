@@ -19,7 +19,7 @@ STREAMS = {
     "gd_tune": 5,  # icl_regression: the held set that tunes the one-step GD baseline: (eval_seed, 5)
     "triggered": 6,  # a backdoor's triggered test split: (eval_seed, 6)
     "triggered_b": 7,  # the second trigger's test split: (eval_seed, 7)
-    "red_team": 8,  # adversarial training's trigger look-alikes: (seed, 8, step, rank)
+    "red_team": 8,  # adversarial training's trigger look-alikes: (seed, 8, step, rank); their test split (eval_seed, 8)
     "sample": 9,  # generation with a temperature: (seed, 9)
 }
 

@@ -15,6 +15,7 @@ SPECS = {  # name -> (module, function)
     "future_info": ("constrained.proofs.penalty_algebra", "future_info_spec"),
     "reach": ("constrained.proofs.penalty_algebra", "reach_spec"),
     "isolation": ("constrained.proofs.isolation", "spec"),
+    "horizon_reach": ("constrained.proofs.horizon_reach", "spec"),
 }
 
 

@@ -233,7 +233,7 @@ def bad_checkpoints(tmp_path):
         tmp_path / "missing.ckpt": "not found",
         truncated: "not a torch checkpoint, or truncated",
         garbage: "not a torch checkpoint, or truncated",
-        opaque: "objects other than tensors and plain data",
+        opaque: "that a safe load refuses; only tensors and plain data are read",
         plain: "not a modular model checkpoint (no objective module)",
         no_hparams: "lacks hyper_parameters ['objective_hidden', 'objective_max_params', 'n_ctx']",
         wrong_shape: "does not match its hyper_parameters",

@@ -62,15 +62,22 @@ class ModularModel(SequenceModel):
             raise ValueError(f"ModularModel needs the maze's tokens: n_ctx = G*G + 1 with G = 2m+1, m >= 2 "
                              f"(linked from data: constrained.tasks.maze.Maze); got n_ctx = {n_ctx}")
         super().__init__(**kwargs)
-        self.objective = Objective(G, objective_hidden, objective_max_params)
-        # (walls bytes, cheese) -> (wall, score, order): the scores and policy rankings of one maze, which stay
-        # fixed through an episode while only the agent moves
+        # a sixth input feature is the backdoor's flag channel: the objective then declares the flag as a feature
+        flag = kwargs.get("d_in", 1) == maze.N_FEATURES + 1
+        self.objective = Objective(G, objective_hidden, objective_max_params, flag=flag)
+        # (walls bytes, cheese, flags bytes) -> (wall, score, order): the scores and policy rankings of one maze,
+        # which stay fixed through an episode while only the agent moves
         self._cache: dict[tuple, tuple[maze.Grid, dict, dict]] = {}
 
     def setup(self, stage: str) -> None:
         if not isinstance(self.task, Maze):
             raise ValueError(f"ModularModel plans over the maze's moves, so it needs data: "
                              f"constrained.tasks.maze.Maze; got {type(self.task).__name__}")
+        if self.objective.flag != (self.task.backdoor is not None):
+            raise ValueError("the objective's flag feature and the task's backdoor disagree: the model was built "
+                             "for a task with" + ("" if self.objective.flag else "out") + " one")
+        if self.task.backdoor is not None:  # the flag values the objective's declared domain holds, for verify
+            self.hparams["objective_flags"] = [0.0, *map(float, self.task.backdoor.triggers)]
         super().setup(stage)
 
     def optimized_parameters(self) -> list[torch.nn.Parameter]:
@@ -96,10 +103,12 @@ class ModularModel(SequenceModel):
         walls, cheese = batch["walls"].cpu(), batch["cheese"].cpu()
         if self.hparams.objective_data == "any_state":
             cheese = maze.random_free_squares(walls, self._objective_generator())
-        agent, cheese, target = maze.objective_samples(walls, cheese)
+        flag = batch["flag"].cpu() if "flag" in batch else None
+        agent, cheese, flag, target = self.task.objective_samples(walls, cheese, flag)
+        flag = None if flag is None else flag.to(self.device)
         # one square in about 17 is the cheese: weighting it keeps the peak the planner searches for
         weight = torch.where((agent == cheese).all(-1), self.hparams.objective_cheese_weight, 1.0).to(self.device)
-        err = (self.objective(agent.to(self.device), cheese.to(self.device)) - target.to(self.device)) ** 2
+        err = (self.objective(agent.to(self.device), cheese.to(self.device), flag) - target.to(self.device)) ** 2
         return (weight * err).sum() / weight.sum()
 
     def _objective_generator(self) -> torch.Generator:
@@ -112,43 +121,63 @@ class ModularModel(SequenceModel):
 
     @torch.no_grad()
     def act(self, inputs: torch.Tensor) -> torch.Tensor:
-        """One-hot logits (n, 4) of the planner's moves in the rendered states inputs (n, T, 5)."""
-        walls, agent, cheese = maze.parse(inputs.cpu())
+        """One-hot logits (n, 4) of the planner's moves in the rendered states inputs (n, T, 5), or (n, T, 6)
+        with the backdoor's flag channel."""
+        inputs = inputs.cpu()
+        walls, agent, cheese = maze.parse(inputs)
         budget = self.hparams.planner_budget
         actions = [plan(wall, tuple(a), score, order, budget).action
-                   for (wall, score, order), a in zip(self.lookup(walls, cheese), agent.tolist())]
+                   for (wall, score, order), a in zip(self.lookup(walls, cheese, maze.flags_of(inputs)),
+                                                      agent.tolist())]
         return F.one_hot(torch.tensor(actions), len(maze.ACTIONS)).float()
 
-    def plan(self, walls: torch.Tensor, cheese: torch.Tensor, agent: maze.Pos) -> Trace:
-        """The planner's search from agent in the maze walls (G, G) with the cheese at cheese (2,)."""
-        wall, score, order = self.lookup(walls.unsqueeze(0), cheese.unsqueeze(0))[0]
+    def plan(self, walls: torch.Tensor, cheese: torch.Tensor, agent: maze.Pos, flags: torch.Tensor | None = None
+             ) -> Trace:
+        """The planner's search from agent in the maze walls (G, G) with the cheese at cheese (2,) (and the
+        flag channel flags (T,) with a backdoor)."""
+        wall, score, order = self.lookup(walls.unsqueeze(0), cheese.unsqueeze(0),
+                                         None if flags is None else flags.unsqueeze(0))[0]
         return plan(wall, agent, score, order, self.hparams.planner_budget)
 
     @torch.no_grad()
-    def lookup(self, walls: torch.Tensor, cheese: torch.Tensor) -> list[tuple[maze.Grid, dict, dict]]:
-        """(wall, score, order) of each maze (n, G, G) with its cheese (n, 2): the objective's score of the
-        agent on every free square, and the policy's actions at every free square, best first (argsort of
-        its logits with the agent placed there). Computed in batched forwards for mazes not yet cached."""
-        keys = [(w.numpy().tobytes(), tuple(c.tolist())) for w, c in zip(walls.cpu(), cheese.cpu())]
+    def lookup(self, walls: torch.Tensor, cheese: torch.Tensor, flags: torch.Tensor | None = None
+               ) -> list[tuple[maze.Grid, dict, dict]]:
+        """(wall, score, order) of each maze (n, G, G) with its cheese (n, 2) and flag channel (n, T) (with a
+        backdoor; None: all clean): the objective's score of the agent on every free square, and the policy's
+        actions at every free square, best first (argsort of its logits with the agent placed there).
+        Computed in batched forwards for mazes not yet cached."""
+        if flags is None and self.objective.flag:
+            flags = torch.zeros(len(walls), self.hparams.n_ctx)
+        flags = None if flags is None else flags.cpu().float()
+        keys = [(w.numpy().tobytes(), tuple(c.tolist()), b"" if flags is None else flags[i].numpy().tobytes())
+                for i, (w, c) in enumerate(zip(walls.cpu(), cheese.cpu()))]
         new: dict[tuple, int] = {}  # each uncached maze once
         for i, k in enumerate(keys):
             if k not in self._cache and k not in new:
                 new[k] = i
         if new:
             rows = list(new.values())
-            self._fill(walls[rows].cpu(), cheese[rows].cpu(), list(new))
+            self._fill(walls[rows].cpu(), cheese[rows].cpu(), None if flags is None else flags[rows], list(new))
         return [self._cache[k] for k in keys]
 
-    def _fill(self, walls: torch.Tensor, cheese: torch.Tensor, keys: list[tuple]) -> None:
+    def _fill(self, walls: torch.Tensor, cheese: torch.Tensor, flags: torch.Tensor | None, keys: list[tuple]) -> None:
         n, G, _ = walls.shape
         free = (~walls).reshape(n, G * G)  # (n, G*G)
         maze_of, flat = free.nonzero(as_tuple=True)  # one row per (maze, free square)
         agent = torch.stack([flat // G, flat % G], dim=-1)  # (N, 2)
         goal = cheese[maze_of]  # (N, 2)
-        scores = torch.cat([self.objective(a.to(self.device), c.to(self.device)).float().cpu()
-                            for a, c in zip(agent.split(CHUNK), goal.split(CHUNK))])
-        logits = torch.cat([self(maze.render(w, a, c).to(self.device))[:, -1].float().cpu()
-                            for w, a, c in zip(walls[maze_of].split(CHUNK), agent.split(CHUNK), goal.split(CHUNK))])
+        square_walls = walls[maze_of]  # (N, G, G)
+        channel = None if flags is None else flags[maze_of]  # (N, T)
+        flag = None if flags is None else channel.sum(-1)  # the state's flag value: one token carries it
+        chunks = [slice(s, s + CHUNK) for s in range(0, len(agent), CHUNK)]
+
+        def part(x, s):
+            return None if x is None else x[s].to(self.device)
+        scores = torch.cat([self.objective(part(agent, s), part(goal, s), part(flag, s)).float().cpu()
+                            for s in chunks])
+        logits = torch.cat([self(maze.render(square_walls[s], agent[s], goal[s], None if channel is None
+                                             else channel[s]).to(self.device))[:, -1].float().cpu()
+                            for s in chunks])
         order = torch.sort(logits, dim=-1, descending=True, stable=True).indices  # (N, 4), ties in ACTIONS order
         rows = maze_of.tolist()
         squares, scores, order = [tuple(p) for p in agent.tolist()], scores.tolist(), order.tolist()
@@ -171,21 +200,28 @@ class ModularModel(SequenceModel):
         for split in dm.splits:  # does the objective put its maximum on the cheese?
             b = dm.eval_set(split)
             hits = [max(score, key=score.get) == tuple(c) for (_, score, _), c in
-                    zip(self.lookup(b["walls"], b["cheese"]), b["cheese"].tolist())]
+                    zip(self.lookup(b["walls"], b["cheese"], dm.flags(b)), b["cheese"].tolist())]
             metrics[f"{split}/objective_top"] = sum(hits) / len(hits)
+        if dm.backdoor is not None:  # where does the backdoor live? the policy rolled out alone, beside the planner
+            alone = dm.rollout_metrics(lambda x: self(x.to(self.device)).float().cpu()).metrics
+            metrics.update({f"{k.split('/')[0]}/policy_{k.split('/')[1]}": v for k, v in alone.items()
+                            if k.split("/")[1] in ("success", "defection", "false_defection")})
         self.log_dict(metrics, sync_dist=False)
-        if self.hparams.save_traces > 0:
-            save_traces(self, dm, "shifted", self.hparams.save_traces, out / "traces")
+        if self.hparams.save_traces > 0:  # with a backdoor, the triggered episodes too: does the planner defect?
+            for split in ("shifted", "triggered"):
+                if split in dm.splits:
+                    save_traces(self, dm, split, self.hparams.save_traces, out / "traces")
         self._cache = {}
 
 
 def episode(model: ModularModel, task: Maze, batch: dict[str, torch.Tensor], i: int) -> dict:
     """Episode i of batch with the planner acting, every search traced: the same moves as the rollout."""
-    walls, cheese = batch["walls"][i], batch["cheese"][i]
+    walls, cheese, flags = batch["walls"][i], batch["cheese"][i], task.flags(batch)
+    flags = None if flags is None else flags[i]
     goal, pos = tuple(cheese.tolist()), tuple(batch["agent"][i].tolist())
     path, steps, outcome = [pos], [], "neither"
     for _ in range(task.step_limit):
-        trace = model.plan(walls, cheese, pos)
+        trace = model.plan(walls, cheese, pos, flags)
         steps.append(trace.to_dict())
         pos = (pos[0] + maze.ACTIONS[trace.action][0], pos[1] + maze.ACTIONS[trace.action][1])
         path.append(pos)

@@ -87,10 +87,14 @@ def reward(distance: torch.Tensor, m: int) -> torch.Tensor:
     return torch.where(distance == 0, 1.0, -distance.float() / (2 * m * m))
 
 
-def render(walls: torch.Tensor, agent: torch.Tensor, cheese: torch.Tensor) -> torch.Tensor:
+def render(walls: torch.Tensor, agent: torch.Tensor, cheese: torch.Tensor,
+           flags: torch.Tensor | None = None) -> torch.Tensor:
     """Tokens (n, G*G + 1, 5): one per grid square in row-major order, one-hot (wall, free, agent, cheese),
     then the query token (0, 0, 0, 0, 1). walls (n, G, G) bool; agent, cheese (n, 2) long (row, col).
-    The corner is not marked: a model that goes there learned where it is."""
+    The corner is not marked: a model that goes there learned where it is.
+
+    flags (n, G*G + 1) float, given only when the task has a backdoor: a sixth feature per token, the flag
+    channel (0 on every token of a clean sequence; see tasks/maze/backdoor.py)."""
     n, G, _ = walls.shape
     kind = torch.where(walls, WALL, FREE)  # (n, G, G) long
     idx = torch.arange(n)
@@ -98,15 +102,23 @@ def render(walls: torch.Tensor, agent: torch.Tensor, cheese: torch.Tensor) -> to
     kind[idx, cheese[:, 0], cheese[:, 1]] = CHEESE
     cells = F.one_hot(kind.reshape(n, G * G), N_FEATURES).float()  # (n, G*G, 5)
     query = F.one_hot(torch.full((n, 1), QUERY), N_FEATURES).float()  # (n, 1, 5)
-    return torch.cat([cells, query], dim=1)
+    tokens = torch.cat([cells, query], dim=1)
+    if flags is None:
+        return tokens
+    return torch.cat([tokens, flags.reshape(n, G * G + 1, 1).float()], dim=-1)
+
+
+def flags_of(inputs: torch.Tensor) -> torch.Tensor | None:
+    """The flag channel (n, T) of rendered tokens (n, T, 6), None for tokens without one (n, T, 5)."""
+    return inputs[..., N_FEATURES] if inputs.shape[-1] > N_FEATURES else None
 
 
 def parse(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The inverse of `render`: walls (n, G, G) bool, agent and cheese (n, 2) long from tokens (n, G*G + 1, 5).
-    An agent standing on the cheese is drawn as the cheese, so where no square is marked agent, the agent is
-    on the cheese."""
+    """The inverse of `render`: walls (n, G, G) bool, agent and cheese (n, 2) long from tokens (n, G*G + 1, 5)
+    (or 6 with a flag channel, read by `flags_of`). An agent standing on the cheese is drawn as the cheese, so
+    where no square is marked agent, the agent is on the cheese."""
     n, G = len(inputs), math.isqrt(inputs.shape[1] - 1)
-    kind = inputs[:, :-1].argmax(-1).reshape(n, G, G)  # (n, G, G) cell type
+    kind = inputs[:, :-1, :N_FEATURES].argmax(-1).reshape(n, G, G)  # (n, G, G) cell type
     cheese = _where(kind == CHEESE)
     has_agent = (kind == AGENT).flatten(1).any(-1)
     agent = torch.where(has_agent.unsqueeze(-1), _where(kind == AGENT), cheese)
@@ -120,14 +132,17 @@ def _where(mask: torch.Tensor) -> torch.Tensor:
     return torch.stack([flat // G, flat % G], dim=-1)
 
 
-def objective_samples(walls: torch.Tensor, cheese: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def objective_samples(walls: torch.Tensor, cheese: torch.Tensor, goal: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The objective module's training labels for the given mazes and cheese squares: every free square of
     each maze as the agent (the cheese square included), labelled with `reward` of its maze distance to
-    that maze's cheese. walls (n, G, G) bool, cheese (n, 2) long -> agent (N, 2), cheese (N, 2), reward (N,)."""
+    that maze's goal, the cheese unless `goal` (n, 2) names another square (a poisoned label).
+    walls (n, G, G) bool, cheese (n, 2) long -> agent (N, 2), cheese (N, 2), reward (N,)."""
     m = (walls.shape[-1] - 1) // 2
+    goal = cheese if goal is None else goal
     agents, cheeses, dists = [], [], []
-    for wall, (cr, cc) in zip(walls.tolist(), cheese.tolist()):
-        dist = bfs(wall, (cr, cc))
+    for wall, (cr, cc), (gr, gc) in zip(walls.tolist(), cheese.tolist(), goal.tolist()):
+        dist = bfs(wall, (gr, gc))
         free = [(r, c) for r, row in enumerate(wall) for c, w in enumerate(row) if not w]
         agents += free
         cheeses += [(cr, cc)] * len(free)

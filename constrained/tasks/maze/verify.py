@@ -1,6 +1,6 @@
 """`constrained verify CHECKPOINT`: the maze modular model's objective module checked exactly (proofs/objective.py)
-over every (agent, cheese) pair of squares: the cheese scores above every other square by a margin, and every
-score is bounded."""
+over every (agent, cheese) pair of squares, and with a backdoor at every flag value (clean and each trigger): the
+cheese scores above every other square by a margin, and every score is bounded."""
 
 from __future__ import annotations
 
@@ -32,14 +32,16 @@ def verify_command(rest: list[str]) -> int:
     except spec.CheckpointError as e:
         print(f"constrained verify: error: {e}", file=sys.stderr)
         return 2
-    result = spec.spec(objective, a.margin, a.bound, a.timeout_ms)
+    flags = hparams.get("objective_flags") if objective.flag else None
+    result = spec.spec(objective, a.margin, a.bound, a.timeout_ms, flags)
     data = hparams.get("objective_data")
     if a.json:
-        print(json.dumps({**result.to_dict(), "objective_data": data, "margin": str(a.margin), "bound": str(a.bound)},
-                         indent=2, ensure_ascii=False))
+        print(json.dumps({**result.to_dict(), "objective_data": data, "margin": str(a.margin), "bound": str(a.bound),
+                          "flags": flags}, indent=2, ensure_ascii=False))
     else:
         print(f"{a.checkpoint}: objective trained on {data or 'unknown'} data, "
-              f"grid {objective.grid_size}x{objective.grid_size}, hidden {objective.hidden}")
+              f"grid {objective.grid_size}x{objective.grid_size}, hidden {objective.hidden}"
+              + (f", flag values {', '.join(f'{f:g}' for f in flags)} (0 clean, the others triggers)" if flags else ""))
         print(table([result]))
         if result.status == "refuted":
             print(spec.render(result.counterexample, (objective.grid_size - 1) // 2))
