@@ -17,10 +17,11 @@ training (LightningCLI; `constrained fit --help` for every option):
   test       the task's test metrics and signatures, written to the run folder (--ckpt_path)
 
 comparisons:
-  ablate GRID.yaml [--jobs J] [--shard I/N] [--out DIR] [--retest] [--launcher local|slurm [--wait] ...]
+  ablate GRID.yaml [--jobs J] [--shard I/N] [--out DIR] [--retest] [--seeds S,...] [--launcher local|slurm [--wait] ...]
              every variant x seed of a grid: fit, test, one record per run, then the report
   report DIR [DIR ...] [--out OUT]
              merge run records (several shards) into results.csv, report.md and plots
+  compare RECORDED NEW [...]  new runs (ablate --seeds 0) beside a recorded grid: within the seed spread?
 
 checks:
   prove [--spec NAME] [--json] [--timeout-ms N]
@@ -75,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     from constrained.cli import commands
 
     builtin = {"ablate": commands.ablate_command, "report": commands.report_command, "prove": commands.prove_command,
-               "export": commands.export_command, "measure": commands.measure_command}
+               "export": commands.export_command, "measure": commands.measure_command,
+               "compare": commands.compare_command}
     if command in builtin:
         return builtin[command](rest)
     found = commands.task_commands().get(command)

@@ -23,6 +23,8 @@ def ablate_command(rest: list[str]) -> int:
     p.add_argument("--retest", action="store_true",
                    help="also re-run the test phase of finished runs from their last checkpoint (new metrics)")
     p.add_argument("--out", default="runs/ablations", help="output folder (default runs/ablations)")
+    p.add_argument("--seeds", default=None, help="comma-separated: run only these of the grid's seeds (e.g. 0 to "
+                   "check one seed of every variant against a recorded grid with `constrained compare`)")
     p.add_argument("--launcher", choices=["local", "slurm"], default="local",
                    help="local: a process pool on this machine (default); slurm: one job per unfinished run, "
                         "submitted as one SLURM array")
@@ -30,12 +32,53 @@ def ablate_command(rest: list[str]) -> int:
     a = p.parse_args(rest)
     try:
         given = launcher_options(a)
+        seeds = parse_seeds(a.seeds)
         if a.launcher == "slurm":
+            if seeds is not None:
+                raise GridError("--seeds works with the local launcher; for slurm, list the seeds in the grid file")
             return ablate_slurm(a.grid, a.out, given, a.wait)
-        return ablate(a.grid, a.out, a.jobs, a.shard, a.retest)
+        return ablate(a.grid, a.out, a.jobs, a.shard, a.retest, seeds)
     except GridError as e:
         print(f"constrained ablate: error: {e}", file=sys.stderr)
         return 2
+
+
+def parse_seeds(text: str | None) -> list[int] | None:
+    from constrained.experiments.grid import GridError
+
+    if text is None:
+        return None
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise GridError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    return seeds
+
+
+def compare_command(rest: list[str]) -> int:
+    from constrained.experiments.compare import compare
+
+    p = argparse.ArgumentParser(prog="constrained compare",
+                                description="New runs of a grid beside its recorded results: within the seed spread?")
+    p.add_argument("recorded", help="the recorded grid: its output folder or results.csv (e.g. docs/results/<grid>/"
+                                    "results.csv)")
+    p.add_argument("new", nargs="+", help="the new runs: grid output folder(s) or results.csv")
+    p.add_argument("--out", default=None, help="also write the table to this Markdown file")
+    a = p.parse_args(rest)
+    try:
+        lines, outside = compare([a.recorded], a.new)
+    except ValueError as e:
+        print(f"constrained compare: error: {e}", file=sys.stderr)
+        return 2
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    if a.out:
+        from pathlib import Path
+
+        from constrained.files import write_text
+
+        write_text(Path(a.out), text)
+    return 0
 
 
 def report_command(rest: list[str]) -> int:

@@ -98,12 +98,17 @@ def log_wall_time(out: Path, grid: Grid, entry: dict) -> None:
 
 
 def ablate(grid_path: str, out: str = "runs/ablations", jobs: int = 1, shard: str | None = None,
-           retest: bool = False) -> int:
+           retest: bool = False, seeds: list[int] | None = None) -> int:
     """retest: also re-run the test phase of finished runs (from their last checkpoint), e.g. after a
-    metric was added; their training is not repeated."""
+    metric was added; their training is not repeated. seeds: only these of the grid's seeds."""
     from tqdm import tqdm
 
     grid = load_grid(grid_path)
+    if seeds is not None:
+        unknown = sorted(set(seeds) - set(grid.seeds))
+        if unknown:
+            raise GridError(f"--seeds {unknown} not in the grid's seeds {grid.seeds}")
+        grid.seeds = [s for s in grid.seeds if s in seeds]
     if jobs < 1:
         raise GridError(f"--jobs must be >= 1, got {jobs}")
     out_dir = Path(out)

@@ -11,6 +11,7 @@ from fractions import Fraction
 
 
 def verify_command(rest: list[str]) -> int:
+    """`constrained verify CHECKPOINT`: the modular model's objective checked exactly against the declared property."""
     from constrained.proofs import objective as spec
     from constrained.proofs.result import table
 

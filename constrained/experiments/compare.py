@@ -1,0 +1,58 @@
+"""Did a change move a recorded result? `constrained compare RECORDED NEW` sets the runs of a new grid run (often
+one seed of each variant, `constrained ablate GRID --seeds 0 --out runs/check`) beside a recorded grid's
+results and says, per variant and headline metric, whether each new value lies within the recorded seed spread.
+
+The rule: a new value is within the spread when |new − recorded mean| ≤ 2 · recorded std + tol, where std is the
+sample std over the recorded seeds and tol = 1e-6 · max(1, |mean|) keeps a metric that every seed put at the same
+value (std 0) from flagging rounding. The same seed's recorded value is shown beside it, so a reader also sees
+whether the new code reproduces that run to the digit or only to within the noise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from constrained.experiments.report import by_variant, headline_for, load_records, summarize
+
+SPREADS = 2.0
+
+
+def within(value: float, recorded: list[float]) -> bool:
+    mean, std, _ = summarize(recorded)
+    return abs(value - mean) <= SPREADS * std + 1e-6 * max(1.0, abs(mean))
+
+
+def compare(recorded: list[Path | str], new: list[Path | str]) -> tuple[list[str], int]:
+    """(Markdown lines, how many new values lie outside the recorded spread)."""
+    old_recs, new_recs = load_records(list(map(Path, recorded))), load_records(list(map(Path, new)))
+    if not old_recs:
+        raise ValueError(f"no finished runs in {', '.join(map(str, recorded))}")
+    if not new_recs:
+        raise ValueError(f"no finished runs in {', '.join(map(str, new))}")
+    headline = headline_for(old_recs)
+    if headline is None:
+        raise ValueError("the recorded runs name no headline metrics (their task class cannot be imported)")
+    metrics = [headline.capability, *headline.signatures]
+    lines = [f"New runs beside the recorded ones: within = |new − recorded mean| ≤ {SPREADS:g} × recorded std.", "",
+             "| variant | seed | metric | recorded (mean ± std, n) | recorded, same seed | new | within |",
+             "|---|---|---|---|---|---|---|"]
+    outside = 0
+    for metric in metrics:
+        old, fresh = by_variant(old_recs, metric), by_variant(new_recs, metric)
+        for variant in sorted(fresh, key=lambda v: (v != "baseline", v)):
+            if variant not in old:
+                continue
+            values = list(old[variant].values())
+            mean, std, n = summarize(values)
+            for seed, value in sorted(fresh[variant].items()):
+                ok = within(value, values)
+                outside += not ok
+                same = old[variant].get(seed)
+                lines.append(f"| {variant} | {seed} | {metric} | {mean:.4f} ± {std:.4f} (n={n}) | "
+                             + ("–" if same is None else f"{same:.4f}") + f" | {value:.4f} | "
+                             + ("yes" if ok else "**no**") + " |")
+    unmatched = sorted({r["variant"] for r in new_recs} - {r["variant"] for r in old_recs})
+    if unmatched:
+        lines += ["", f"Variants with no recorded runs (not compared): {', '.join(unmatched)}."]
+    lines += ["", f"{outside} value(s) outside the recorded spread."]
+    return lines, outside
