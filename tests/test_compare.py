@@ -53,10 +53,11 @@ def test_compare_command_names_an_empty_source(tmp_path, capsys):
     assert len(err.splitlines()) == 1
 
 
-@pytest.mark.parametrize("seeds, problem", [("7", "--seeds [7] not in the grid's seeds [0, 1, 2]"),
-                                            ("a,b", "--seeds must be comma-separated integers")])
-def test_ablate_refuses_seeds_the_grid_does_not_have(tmp_path, capsys, seeds, problem):
+@pytest.mark.parametrize("option, problem", [(["--seeds", "7"], "--seeds [7] not in the grid's seeds [0, 1, 2]"),
+                                             (["--seeds", "a,b"], "--seeds must be comma-separated integers"),
+                                             (["--variants", "baseline,x"], "--variants ['x'] not in the grid's")])
+def test_ablate_refuses_seeds_and_variants_the_grid_does_not_have(tmp_path, capsys, option, problem):
     out = tmp_path / "out"
-    assert main(["ablate", "configs/ablations/precache.yaml", "--seeds", seeds, "--out", str(out)]) == 2
+    assert main(["ablate", "configs/ablations/precache.yaml", *option, "--out", str(out)]) == 2
     assert problem in capsys.readouterr().err
     assert not out.exists()  # refused before any work

@@ -17,8 +17,8 @@ training (LightningCLI; `constrained fit --help` for every option):
   test       the task's test metrics and signatures, written to the run folder (--ckpt_path)
 
 comparisons:
-  ablate GRID.yaml [--jobs J] [--shard I/N] [--out DIR] [--retest] [--seeds S,...] [--launcher local|slurm [--wait] ...]
-             every variant x seed of a grid: fit, test, one record per run, then the report
+  ablate GRID.yaml [--jobs J] [--shard I/N] [--out DIR] [--retest] [--seeds S,..] [--variants V,..]
+             [--launcher local|slurm [--wait] ...]: fit and test every variant x seed, then the report
   report DIR [DIR ...] [--out OUT]
              merge run records (several shards) into results.csv, report.md and plots
   compare RECORDED NEW [...]  new runs (ablate --seeds 0) beside a recorded grid: within the seed spread?

@@ -25,6 +25,7 @@ def ablate_command(rest: list[str]) -> int:
     p.add_argument("--out", default="runs/ablations", help="output folder (default runs/ablations)")
     p.add_argument("--seeds", default=None, help="comma-separated: run only these of the grid's seeds (e.g. 0 to "
                    "check one seed of every variant against a recorded grid with `constrained compare`)")
+    p.add_argument("--variants", default=None, help="comma-separated: run only these of the grid's variants")
     p.add_argument("--launcher", choices=["local", "slurm"], default="local",
                    help="local: a process pool on this machine (default); slurm: one job per unfinished run, "
                         "submitted as one SLURM array")
@@ -33,11 +34,13 @@ def ablate_command(rest: list[str]) -> int:
     try:
         given = launcher_options(a)
         seeds = parse_seeds(a.seeds)
+        variants = None if a.variants is None else a.variants.split(",")
         if a.launcher == "slurm":
-            if seeds is not None:
-                raise GridError("--seeds works with the local launcher; for slurm, list the seeds in the grid file")
+            if seeds is not None or variants is not None:
+                raise GridError("--seeds and --variants work with the local launcher; for slurm, list them in the "
+                                "grid file")
             return ablate_slurm(a.grid, a.out, given, a.wait)
-        return ablate(a.grid, a.out, a.jobs, a.shard, a.retest, seeds)
+        return ablate(a.grid, a.out, a.jobs, a.shard, a.retest, seeds, variants)
     except GridError as e:
         print(f"constrained ablate: error: {e}", file=sys.stderr)
         return 2

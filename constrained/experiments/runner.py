@@ -98,9 +98,9 @@ def log_wall_time(out: Path, grid: Grid, entry: dict) -> None:
 
 
 def ablate(grid_path: str, out: str = "runs/ablations", jobs: int = 1, shard: str | None = None,
-           retest: bool = False, seeds: list[int] | None = None) -> int:
+           retest: bool = False, seeds: list[int] | None = None, variants: list[str] | None = None) -> int:
     """retest: also re-run the test phase of finished runs (from their last checkpoint), e.g. after a
-    metric was added; their training is not repeated. seeds: only these of the grid's seeds."""
+    metric was added; their training is not repeated. seeds, variants: only these of the grid's."""
     from tqdm import tqdm
 
     grid = load_grid(grid_path)
@@ -109,6 +109,12 @@ def ablate(grid_path: str, out: str = "runs/ablations", jobs: int = 1, shard: st
         if unknown:
             raise GridError(f"--seeds {unknown} not in the grid's seeds {grid.seeds}")
         grid.seeds = [s for s in grid.seeds if s in seeds]
+    if variants is not None:
+        names = [v.name for v in grid.variants]
+        unknown = [v for v in variants if v not in names]
+        if unknown:
+            raise GridError(f"--variants {unknown} not in the grid's variants {names}")
+        grid.variants = [v for v in grid.variants if v.name in variants]
     if jobs < 1:
         raise GridError(f"--jobs must be >= 1, got {jobs}")
     out_dir = Path(out)
