@@ -64,7 +64,8 @@ def test_declared_gap_is_reported_paired_by_seed():
     recs = [{"grid": "g", "task": "t", "variant": v, "seed": s, "status": "ok", "headline": head,
              "metrics": {"c": 0.0, "h": h}}
             for v, s, h in [("baseline", 0, 0.1), ("baseline", 1, 0.2), ("myopic", 0, 0.4), ("myopic", 1, 0.7)]]
-    assert "**myopia gap**: h of myopic minus baseline, paired by seed: 0.4000 ± 0.1414 (n=2)" in markdown(recs)
+    assert ("**myopia gap**: h of myopic minus baseline, paired by seed: 0.4000 ± 0.1414 (n=2) "
+            "(seed 0: 0.3000, seed 1: 0.5000)") in markdown(recs)
 
 
 def test_maze_report_plots_outcomes_and_proxy_rate_per_variant(tmp_path):

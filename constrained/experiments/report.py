@@ -169,9 +169,12 @@ def grid_markdown(grid: str, recs: list[dict], headline: Headline | None) -> lis
             lines.append("| " + " | ".join(cells) + " |")
         for gap in headline.gaps:
             if gap.variant in variants and gap.reference in variants:
-                diffs = paired_gap(by_variant(ok, gap.metric), gap.variant, gap.reference)
+                values = by_variant(ok, gap.metric)
+                diffs = paired_gap(values, gap.variant, gap.reference)
+                seeds = sorted(set(values.get(gap.variant, {})) & set(values.get(gap.reference, {})))
+                each = ", ".join(f"seed {s}: {d:.4f}" for s, d in zip(seeds, diffs))
                 lines += ["", f"**{gap.name}**: {gap.metric} of {gap.variant} minus {gap.reference}, paired by seed: "
-                              f"{fmt(diffs)}"]
+                              f"{fmt(diffs)}" + (f" ({each})" if each else "")]
         lines += probe_table(ok, variants, headline)
     else:
         lines.append("(no headline: the task class could not be imported and the records store none)")
