@@ -29,7 +29,7 @@ def compare(recorded: list[Path | str], new: list[Path | str]) -> tuple[list[str
         raise ValueError(f"no finished runs in {', '.join(map(str, recorded))}")
     if not new_recs:
         raise ValueError(f"no finished runs in {', '.join(map(str, new))}")
-    headline = headline_for(old_recs)
+    headline = headline_for(old_recs) or headline_for(new_recs)  # old records may name a moved class
     if headline is None:
         raise ValueError("the recorded runs name no headline metrics (their task class cannot be imported)")
     metrics = [headline.capability, *headline.signatures]

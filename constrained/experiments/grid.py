@@ -1,5 +1,10 @@
 """A grid file: a task's base config, its variants (overlay files, optional overrides) and seeds, expanded
-into runs in a fixed order that shards index. Every problem with the file is found before any run starts."""
+into runs in a fixed order that shards index. Every problem with the file is found before any run starts.
+
+A variant's config is one overlay file or a list of them, composed in order after the base (e.g. a constraint
+and a backdoor). In an override's value the text {seed} becomes the run's seed, so a fine-tuning grid can start
+each seed from its own checkpoint: `model.init_args.init_from: runs/ablations/g/baseline/seed{seed}/checkpoints/
+last.ckpt`."""
 
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ class GridError(ValueError):
 @dataclass
 class Variant:
     name: str
-    config: Path
+    config: list[Path]
     overrides: dict = field(default_factory=dict)
 
 
@@ -55,9 +60,10 @@ class Run:
         return out / self.grid.name / self.variant.name / f"seed{self.seed}"
 
     def args(self, folder: Path) -> list[str]:
-        args = ["--config", str(self.grid.base), "--config", str(self.variant.config)]
+        args = ["--config", str(self.grid.base)] + [a for c in self.variant.config for a in ("--config", str(c))]
         for key, value in {**self.grid.overrides, **self.variant.overrides}.items():
-            args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+            text = value if isinstance(value, str) else json.dumps(value)
+            args += [f"--{key}", text.replace("{seed}", str(self.seed))]
         return args + ["--seed_everything", str(self.seed), "--trainer.default_root_dir", str(folder), *QUIET]
 
 
@@ -107,10 +113,15 @@ def load_grid(path: str | Path) -> Grid:
         if v["name"] in names:
             raise GridError(f"{path}: duplicate variant name '{v['name']}'")
         names.add(v["name"])
-        config = Path(v["config"])
-        if not config.is_file():
-            raise GridError(f"{path}: variant '{v['name']}': config file {config} does not exist")
-        variants.append(Variant(str(v["name"]), config, _mapping(v.get("overrides"), f"variant '{v['name']}'")))
+        configs = v["config"] if isinstance(v["config"], list) else [v["config"]]
+        if not configs or not all(isinstance(c, str) for c in configs):
+            raise GridError(f"{path}: variant '{v['name']}': config must be a file or a list of files, got "
+                            f"{v['config']!r}")
+        for config in configs:
+            if not Path(config).is_file():
+                raise GridError(f"{path}: variant '{v['name']}': config file {config} does not exist")
+        variants.append(Variant(str(v["name"]), [Path(c) for c in configs],
+                                _mapping(v.get("overrides"), f"variant '{v['name']}'")))
     if not variants:
         raise GridError(f"{path}: the variant list is empty")
     from constrained.experiments.slurm import check_options

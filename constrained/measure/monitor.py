@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import lightning as L
 
-from constrained.measure import probes
+from constrained.measure import defection, probes
 from constrained.models.transformer import Transformer
 
 
 class ProbeMonitor(L.Callback):
     """After each validation run, fits the task's probes on a fixed set of validation sequences and
     logs monitor/probe_* (trained, control, selectivity per layer) to every logger, with the model's
-    signatures on the same sequences (monitor/future_info_*, monitor/reach, monitor/iteration).
+    signatures on the same sequences (monitor/future_info_*, monitor/reach, monitor/iteration). A task with a
+    backdoor and defection probe sets (measure/defection.py) also gets monitor/defection_probe_auroc_best, on its
+    validation windows: when the backdoor forms, and whether safety training makes it fade.
 
     The sequences and the random-init control are fixed for the whole run, so changes in the curve
     come from the model alone.
@@ -29,6 +31,7 @@ class ProbeMonitor(L.Callback):
         self.batch = {k: v[: self.n_sequences] for k, v in task.eval_set("val").items()}
         self.targets = task.probe_targets(self.batch)
         self.seed = task.eval_seed
+        self.defection = getattr(task, "backdoor", None) is not None and hasattr(task, "defection_probe_sets")
 
     # Lightning forbids self.log in on_validation_end; at epoch end it reaches every logger at the
     # current step and lands in callback_metrics like val/loss.
@@ -44,6 +47,9 @@ class ProbeMonitor(L.Callback):
             if self.control is None:
                 self.control = probes.random_control(net, seed=self.seed)
             scores.update(probes.probe_scores(net, self.control, self.batch, self.targets))
+        if self.defection:
+            probe = defection.probe_scores(net, pl_module.task, "val", n=self.n_sequences)
+            scores["defection_probe_auroc_best"] = probe["defection_probe_auroc_best"]
         if hasattr(pl_module, "signatures"):  # future_info, reach, iteration: every model, penalized or not
             scores.update(pl_module.signatures(self.batch))
         pl_module.log_dict({f"monitor/{k}": v for k, v in scores.items()}, on_step=False, on_epoch=True,

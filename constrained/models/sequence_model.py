@@ -194,6 +194,12 @@ class SequenceModel(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         self.log("val/loss", self.task.loss(self(batch["inputs"]), batch), prog_bar=True)
 
+    def on_validation_epoch_end(self):
+        if not self.trainer.sanity_checking:  # the task's curves (e.g. a backdoor's defection) at every validation
+            metrics = self.task.validation_metrics(self)
+            if metrics:
+                self.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=False)
+
     def on_test_epoch_start(self):
         self._test_preds = {}
 

