@@ -30,6 +30,7 @@ import sys
 import torch
 import torch.nn.functional as F
 from common import append, device_name, row, time_ms
+
 from constrained.kernels.attention import attention, attention_reference
 
 B, H, DH = 4, 8, 64

@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/ is scripts, not a package
     from common import append, device_name, stamp
+
     from constrained.kernels import attention as attention_module
     from constrained.kernels import future_info as future_info_module
 

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import torch
+
 from constrained.kernels.future_info import FutureInfo, future_info_reference, triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is scripts, not a package

@@ -25,9 +25,9 @@ import numbers
 import types
 
 import torch
-from constrained.proofs import formulas
 
 from constrained.models.mask import attends
+from constrained.proofs import formulas
 
 try:
     import triton

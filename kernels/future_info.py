@@ -50,6 +50,7 @@ import math
 from typing import NamedTuple
 
 import torch
+
 from constrained.proofs import formulas
 
 try:

@@ -34,9 +34,9 @@ import time
 
 import torch
 import z3
-from constrained.proofs.result import DEFAULT_TIMEOUT_MS, PROVED, REFUTED, Claim, Result, check, combine
 
 from constrained.models.mask import attends as model_attends
+from constrained.proofs.result import DEFAULT_TIMEOUT_MS, PROVED, REFUTED, Claim, Result, check, combine
 
 NAME = "horizon_reach"
 L_MAX = 6  # unrolled layer counts; the induction covers every L

@@ -36,9 +36,9 @@ from __future__ import annotations
 import time
 
 import torch
-from constrained.proofs.result import DEFAULT_TIMEOUT_MS, PROVED, REFUTED, Claim, Result, combine
 
 from constrained.models.transformer import Transformer
+from constrained.proofs.result import DEFAULT_TIMEOUT_MS, PROVED, REFUTED, Claim, Result, combine
 
 NAME = "isolation"
 T, D_IN, D_OUT = 6, 3, 2

@@ -22,9 +22,9 @@ from __future__ import annotations
 import time
 
 import z3
-from constrained.proofs.result import DEFAULT_TIMEOUT_MS, Result, check, combine
 
 from constrained.models.mask import attends as model_attends
+from constrained.proofs.result import DEFAULT_TIMEOUT_MS, Result, check, combine
 
 NAME = "mask"
 

@@ -50,12 +50,12 @@ from pathlib import Path
 
 import torch
 import z3
-from constrained.proofs.result import DEFAULT_TIMEOUT_MS, PROVED, REFUTED, UNKNOWN, Claim, Result, combine
 from torch import nn
 
 from constrained import checkpoint
 from constrained.checkpoint import CheckpointError
 from constrained.models.objective import FEATURES, Objective
+from constrained.proofs.result import DEFAULT_TIMEOUT_MS, PROVED, REFUTED, UNKNOWN, Claim, Result, combine
 
 NAME = "objective"
 # The labels are 1 at the cheese and at most −1/(2m²) ≤ 0 elsewhere: a gap above 1. A quarter of it

@@ -1,11 +1,11 @@
 """The attention kernel's CPU path without the pattern (kernels/attention.py: `attention_sdpa`, `MyopicFlashCPU`)
 against the PyTorch reference, and the dispatch that chooses it."""
 
-import constrained.kernels.attention as K
 import pytest
 import torch
-from constrained.kernels.attention import MyopicFlashCPU, attention, attention_reference
 
+import constrained.kernels.attention as K
+from constrained.kernels.attention import MyopicFlashCPU, attention, attention_reference
 from tests.conftest import tiny
 
 CASES = {

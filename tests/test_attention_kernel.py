@@ -12,11 +12,11 @@ import sys
 
 os.environ["TRITON_INTERPRET"] = "1"  # before triton or the kernel module is imported (DESIGN §11)
 
-import constrained.kernels.attention as K
 import pytest
 import torch
-from constrained.kernels.attention import FusedAttention, attention, attention_reference
 
+import constrained.kernels.attention as K
+from constrained.kernels.attention import FusedAttention, attention, attention_reference
 from constrained.models.mask import attends
 
 interpreted = pytest.mark.skipif(

@@ -9,6 +9,7 @@ os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
 from constrained.kernels import future_info as fi  # noqa: E402
 
 

@@ -3,8 +3,8 @@ backward) against autograd through the reference."""
 
 import pytest
 import torch
-from constrained.kernels import future_info as fi
 
+from constrained.kernels import future_info as fi
 from tests.test_future_info import F64, _data, _value_and_grads
 
 

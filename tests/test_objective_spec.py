@@ -8,11 +8,11 @@ from fractions import Fraction
 
 import pytest
 import torch
-from constrained.proofs import objective as spec
-from constrained.proofs.result import PROVED, REFUTED, UNKNOWN
 
 from constrained.cli import main
 from constrained.models.objective import Objective
+from constrained.proofs import objective as spec
+from constrained.proofs.result import PROVED, REFUTED, UNKNOWN
 from constrained.tasks.maze.grid import carve, reward
 
 pytestmark = pytest.mark.proof

@@ -7,13 +7,13 @@ from fractions import Fraction
 import pytest
 import torch
 import z3
-from constrained.kernels.attention import reach_from_pattern, reach_weights
-from constrained.kernels.future_info import future_info_reference
-from constrained.proofs import formulas, isolation, mask, penalty_algebra, runner
-from constrained.proofs.result import PROVED, REFUTED, UNKNOWN, check
 
 from constrained.cli import main
+from constrained.kernels.attention import reach_from_pattern, reach_weights
+from constrained.kernels.future_info import future_info_reference
 from constrained.models.mask import attends
+from constrained.proofs import formulas, isolation, mask, penalty_algebra, runner
+from constrained.proofs.result import PROVED, REFUTED, UNKNOWN, check
 
 pytestmark = pytest.mark.proof
 

@@ -4,11 +4,11 @@ claimed, a mask that reads one position further per layer, a claim one layer too
 horizon is wider than the claim's."""
 
 import pytest
-from constrained.proofs import horizon_reach as spec
-from constrained.proofs.result import PROVED, REFUTED
 
 from constrained.cli import main
 from constrained.models.mask import attends
+from constrained.proofs import horizon_reach as spec
+from constrained.proofs.result import PROVED, REFUTED
 
 pytestmark = pytest.mark.proof
 

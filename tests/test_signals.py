@@ -4,8 +4,8 @@ class targets one-hot."""
 import pytest
 import torch
 import torch.nn.functional as F
-from constrained.kernels.future_info import future_info
 
+from constrained.kernels.future_info import future_info
 from constrained.tasks.signals import default_future_signal, future_targets, residualize
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from constrained.cli.classes import model_classes, task_classes
+
 # A bad value (d_model not divisible by n_heads, horizon < 1, ...) or a non-finite loss is the user's problem, not
 # a bug.
 USER_ERRORS = (ValueError, FloatingPointError)
@@ -80,11 +82,7 @@ def _bad_config_file(argv: list[str]) -> str | None:
 def _classes(group: str) -> list[str]:
     """Class paths a config may name under `model` or `data`."""
     if group == "data":
-        from constrained.cli.commands import task_classes
-
         return sorted(f"{c.__module__}.{c.__qualname__}" for c in task_classes())
     if group == "model":
-        from constrained.cli.commands import model_classes
-
         return sorted(f"{c.__module__}.{c.__qualname__}" for c in model_classes())
     return []

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from constrained.experiments.slurm_options import OptionError, check_options
+
 GRID_KEYS = {"name", "task", "base", "seeds", "variants", "overrides", "threads", "slurm"}
 VARIANT_KEYS = {"name", "config", "overrides"}
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
@@ -124,15 +126,13 @@ def load_grid(path: str | Path) -> Grid:
                                 _mapping(v.get("overrides"), f"variant '{v['name']}'")))
     if not variants:
         raise GridError(f"{path}: the variant list is empty")
-    from constrained.experiments.slurm import check_options
-
     slurm = raw.get("slurm") or {}
     if not isinstance(slurm, dict):
         raise GridError(f"{path}: slurm must be a mapping of launcher options (partition, timeout_min, ...), "
                         f"got {slurm!r}")
     try:
         check_options(slurm)
-    except GridError as e:
+    except OptionError as e:
         raise GridError(f"{path}: {e}") from None
     return Grid(str(raw.get("name", path.stem)), str(raw["task"]), base, seeds, variants,
                 _mapping(raw.get("overrides"), "overrides"), threads, slurm)

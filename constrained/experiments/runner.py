@@ -25,7 +25,7 @@ PHASES = {"fit": ["--ckpt_path", "last"], "test": ["--ckpt_path", "last", "--ver
 BUSY = "busy"  # the status of a run another live process holds; never written as a record
 
 
-def _die_with_parent():
+def die_with_parent():
     """Children die with the runner, so a killed grid leaves no orphan writing into a run folder."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -69,7 +69,7 @@ def _execute(run: Run, folder: Path, phases: tuple[str, ...]) -> dict:
         log_path = folder / f"{phase}.log"
         with log_path.open("w") as log:
             proc = subprocess.run([*base, phase, *run.args(folder), *PHASES[phase]], stdout=log,
-                                  stderr=subprocess.STDOUT, env=run_env(run.grid.threads), preexec_fn=_die_with_parent)
+                                  stderr=subprocess.STDOUT, env=run_env(run.grid.threads), preexec_fn=die_with_parent)
         times[f"{phase}_seconds"] = round(time.time() - start, 2)
         if proc.returncode != 0:
             tail = log_path.read_text().strip().splitlines()[-15:]

@@ -9,14 +9,12 @@ Transformer or a TransformerLens HookedTransformer alike.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 from torchmetrics.functional.classification import binary_auroc
 
 from constrained.measure.hooked import HookedModel, check_hooks, device_of, n_layers
-from constrained.models.transformer import Transformer
+from constrained.models import lens
 
 # name -> (mask (n, T) bool, values (n, T, k)); float values get a ridge probe (R²), bool values (k = 1) a
 # logistic classifier probe (AUROC)
@@ -75,39 +73,17 @@ def linear_auroc(h_train: torch.Tensor, labels_train: torch.Tensor, h_test: torc
 
 
 def random_control(model: HookedModel, seed: int) -> HookedModel:
-    """A freshly initialized model of the same config, deterministic in `seed`.
-
-    Initialized on the CPU (so the control is the same on every device) inside a forked RNG, so the
-    global random state, and with it the training run, is untouched. Our Transformer re-initializes by its own
-    scheme; a model with its own `reinitialized(seed)` (the vector read-in of an export) uses it; a TransformerLens
-    model (one with a cfg) is rebuilt from its config by TransformerLens's scheme.
+    """A freshly initialized model of the same config, deterministic in `seed`, built without touching the global
+    random state (so a training run that asks for one is unchanged). A model that knows its own initialization
+    (our Transformer, an export's vector read-in) has `reinitialized(seed)`; a TransformerLens model (one with a
+    cfg) is rebuilt from its config by TransformerLens's scheme.
     """
-    if not isinstance(model, Transformer):
-        if hasattr(model, "reinitialized"):
-            return model.reinitialized(seed)
-        if hasattr(model, "cfg"):
-            from constrained.models.lens import reinitialized
-
-            return reinitialized(model, seed)
-        raise TypeError(f"random_control: {type(model).__name__} is neither our Transformer nor a TransformerLens "
-                        f"model (no cfg), so there is no config to initialize afresh")
-    param = next(model.parameters())
-    control = copy.deepcopy(model).cpu()
-    fresh: set[int] = set()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for module in control.modules():
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
-                fresh.update(id(p) for p in module.parameters(recurse=False))
-        with torch.no_grad():
-            control.pos_embed.normal_(0.0, 0.02)  # the scheme of Transformer.__init__
-        fresh.add(id(control.pos_embed))
-    # a parameter added to Transformer without a re-init here would leave trained weights in the control
-    stale = [name for name, p in control.named_parameters() if id(p) not in fresh]
-    if stale:
-        raise RuntimeError(f"random_control does not know how to re-initialize {stale}")
-    return control.to(device=param.device, dtype=param.dtype).requires_grad_(False).eval()
+    if hasattr(model, "reinitialized"):
+        return model.reinitialized(seed)
+    if hasattr(model, "cfg"):
+        return lens.reinitialized(model, seed)
+    raise TypeError(f"random_control: {type(model).__name__} is neither our Transformer nor a TransformerLens "
+                    f"model (no cfg), so there is no config to initialize afresh")
 
 
 @torch.no_grad()

@@ -127,6 +127,14 @@ def lens_state_dict(net: Transformer) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone().contiguous() for k, v in sd.items()}
 
 
+def read_in(model, x: torch.Tensor) -> torch.Tensor:
+    """The residual stream entering block 0 of an exported vector-input model: x (B, T, d_in) @ W_E + W_pos[:T]."""
+    d_in, n_ctx = model.cfg.d_vocab, model.cfg.n_ctx
+    if x.dim() != 3 or not x.is_floating_point() or x.shape[-1] != d_in or x.shape[1] > n_ctx:
+        raise ValueError(f"expected input (batch, T <= {n_ctx}, {d_in}) float, got {tuple(x.shape)} {x.dtype}")
+    return x.to(model.W_E.dtype) @ model.W_E + model.W_pos[: x.shape[1]]
+
+
 def to_hooked_transformer(net: Transformer, name: str = "constrained"):
     """A HookedTransformer computing what `net` computes, its attention masks checked equal to ours."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -159,13 +167,12 @@ def check_masks(net: Transformer, model) -> None:
 
 def check_outputs(net: Transformer, model, seed: int = 0) -> float:
     """Largest |ours - theirs| on random inputs of full length; ExportError above TOLERANCE (times the scale)."""
-    from constrained.models.lens import VectorInput
-
     gen = torch.Generator().manual_seed(seed)
     if net.vocab_size is not None:
         x, run = torch.randint(0, net.vocab_size, (2, net.n_ctx), generator=gen), model
     else:
-        x, run = torch.randn(2, net.n_ctx, net.embed.in_features, generator=gen), VectorInput(model)
+        x = torch.randn(2, net.n_ctx, net.embed.in_features, generator=gen)
+        run = lambda v: model(read_in(model, v), start_at_layer=0)  # noqa: E731
     with torch.no_grad():
         theirs, ours = run(x), net(x)
         err = (ours - theirs).abs().max().item()

@@ -15,19 +15,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from constrained.models.export import CONFIG, META, WEIGHTS, core_from_checkpoint
+from constrained.models.export import CONFIG, META, WEIGHTS, core_from_checkpoint, read_in, to_hooked_transformer
+from constrained.models.transformer import Transformer
+
+__all__ = ["LoadError", "VectorInput", "read_in", "load", "from_pretrained", "checkpoint_core", "reinitialized"]
 
 
 class LoadError(ValueError):
     """A model that cannot be loaded; the message names the file or the problem."""
-
-
-def read_in(model, x: torch.Tensor) -> torch.Tensor:
-    """The residual stream entering block 0 of an exported vector-input model: x (B, T, d_in) @ W_E + W_pos[:T]."""
-    d_in, n_ctx = model.cfg.d_vocab, model.cfg.n_ctx
-    if x.dim() != 3 or not x.is_floating_point() or x.shape[-1] != d_in or x.shape[1] > n_ctx:
-        raise ValueError(f"expected input (batch, T <= {n_ctx}, {d_in}) float, got {tuple(x.shape)} {x.dtype}")
-    return x.to(model.W_E.dtype) @ model.W_E + model.W_pos[: x.shape[1]]
 
 
 class VectorInput(nn.Module):
@@ -88,13 +83,9 @@ def load(path: str, device: str = "cpu"):
 
 
 def _core_control(core: dict, seed: int, device: str):
-    from constrained.measure.probes import random_control
-    from constrained.models.export import to_hooked_transformer
-    from constrained.models.transformer import Transformer
-
     with torch.random.fork_rng(devices=[]):  # building the template draws weights; the global RNG stays as it was
         template = Transformer(**core)
-    control = random_control(template, seed)  # re-initializes every weight of the template from `seed`
+    control = template.reinitialized(seed)  # every weight of the template drawn afresh from `seed`
     model = to_hooked_transformer(control)
     if torch.device(device).type != "cpu":
         model = model.to(device, print_details=False)

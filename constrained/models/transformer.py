@@ -3,6 +3,8 @@ is the read-in: a linear map of vector tokens, or an embedding of integer tokens
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -101,3 +103,25 @@ class Transformer(HookedModule):
         elif x.dim() != 3 or x.shape[-1] != self.embed.in_features or x.shape[1] > self.n_ctx:
             raise ValueError(f"expected input (batch, T <= {self.n_ctx}, {self.embed.in_features}), "
                              f"got {tuple(x.shape)}")
+
+    def reinitialized(self, seed: int) -> Transformer:
+        """A copy with every weight drawn afresh by this class's own scheme, deterministic in `seed`: initialized on
+        the CPU (the same control on every device) inside a forked RNG (the global random state is untouched),
+        then moved where this model is, frozen and in eval mode. The probes' random-init control."""
+        param = next(self.parameters())
+        control = copy.deepcopy(self).cpu()
+        fresh: set[int] = set()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for module in control.modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+                    fresh.update(id(p) for p in module.parameters(recurse=False))
+            with torch.no_grad():
+                control.pos_embed.normal_(0.0, 0.02)  # the scheme of Transformer.__init__
+            fresh.add(id(control.pos_embed))
+        # a parameter added to Transformer without a re-init here would leave trained weights in the control
+        stale = [name for name, p in control.named_parameters() if id(p) not in fresh]
+        if stale:
+            raise RuntimeError(f"reinitialized does not know how to re-initialize {stale}")
+        return control.to(device=param.device, dtype=param.dtype).requires_grad_(False).eval()

@@ -1,1 +1,0 @@
-"""Triton regularization kernels, each beside its PyTorch reference (installed as constrained.kernels)."""

@@ -1,1 +1,0 @@
-"""z3 specifications of small components (installed as constrained.proofs)."""
