@@ -20,11 +20,11 @@ $(STAMP): pyproject.toml $(LOCK)
 
 install: $(STAMP)
 
-# A one-seed icl_regression grid (baseline and myopic descent, default configs): trains both,
+# A one-seed icl_regression grid (baseline and both forms of myopic descent, default configs): trains both,
 # prints the report table, then e(k) for both beside least squares and averaging.
 demo: $(STAMP)
 	$(VENV)/bin/constrained ablate configs/ablations/demo.yaml --jobs 2
-	$(VENV)/bin/constrained curves runs/ablations/demo/baseline/seed0 runs/ablations/demo/myopic/seed0
+	$(VENV)/bin/constrained curves runs/ablations/demo/baseline/seed0 runs/ablations/demo/myopic_kv/seed0 runs/ablations/demo/myopic_input/seed0
 
 # The default suite: everything but tests marked slow or gpu.
 test: $(STAMP)

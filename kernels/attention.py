@@ -507,8 +507,10 @@ def _fwd(q, k, v, horizon, reach_h, is_query):
     return o, lse, r
 
 
-def _bwd(do, q, k, v, o, lse, r, dr, horizon, reach_h, is_query, myopic):
-    """dq, dk, dv for dO and, with reach, the gradient dr of the per-row reach (B·H, T)."""
+def _bwd(do, q, k, v, o, lse, r, dr, horizon, reach_h, is_query, myopic, past=False):
+    """dq, dk, dv for dO and, with reach, the gradient dr of the per-row reach (B·H, T). With myopic and past,
+    also the gradient of the keys and values other positions read: (dq, dk, dv, dk_past, dv_past), dk and dv
+    the diagonal terms, dk_past and dv_past the rest of the full gradient."""
     B, H, T, Dh = q.shape
     cfg = _config(q.dtype, Dh)
     acc, block_d = _acc_dtype(q.dtype), _block_d(Dh)
@@ -516,7 +518,8 @@ def _bwd(do, q, k, v, o, lse, r, dr, horizon, reach_h, is_query, myopic):
         reach_h = None
     scale, reach_ptr = _constants(1.0 / math.sqrt(Dh), reach_h, q.dtype, q.device)
     if B * H == 0:
-        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        zeros = (torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v))
+        return zeros + (torch.zeros_like(k), torch.zeros_like(v)) if myopic and past else zeros
     delta = torch.empty_like(lse)
     pre_m = cfg["dq"][0]
     _bwd_preprocess[(triton.cdiv(T, pre_m), B * H)](
@@ -534,15 +537,19 @@ def _bwd(do, q, k, v, o, lse, r, dr, horizon, reach_h, is_query, myopic):
         HEAD_DIM=Dh, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n, MYOPIC=myopic,
         ACC=acc, PRECISION=_precision(q.dtype), num_warps=cfg["warps"], num_stages=cfg["stages"],
     )
-    if myopic:  # the dq kernel already wrote dk, dv from the diagonal: the only gradient they get
+    if myopic and not past:  # the dq kernel already wrote dk, dv from the diagonal: the only gradient they get
         return dq, dk, dv
+    # the full dk, dv (into their own buffers when the dq kernel wrote the diagonal terms into dk, dv)
+    dk_full, dv_full = (torch.empty_like(dq), torch.empty_like(dq)) if myopic else (dk, dv)
     block_m, block_n = cfg["dkdv"]
     _bwd_dkdv_kernel[(triton.cdiv(T, block_n), B * H)](
-        q, k, v, do, dk, dv, lse, delta, dr, is_query,
+        q, k, v, do, dk_full, dv_full, lse, delta, dr, is_query,
         *_strides(q), *_strides(k), *_strides(v), *_strides(do), *common,
         HEAD_DIM=Dh, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
         ACC=acc, PRECISION=_precision(q.dtype), num_warps=cfg["warps"], num_stages=cfg["stages"],
     )
+    if myopic:
+        return dq, dk, dv, dk_full - dk, dv_full - dv
     return dq, dk, dv
 
 
@@ -594,14 +601,16 @@ def _options_mask(T: int, horizon: int | None, is_query: tuple[bool, ...] | None
     return torch.zeros(T, T, dtype=dtype, device=device).masked_fill(~allowed, float("-inf"))
 
 
-def attention_reference(q, k, v, horizon=None, myopic=False, reach_h=None, is_query=None, pattern_hook=None):
+def attention_reference(q, k, v, horizon=None, myopic=False, reach_h=None, is_query=None, pattern_hook=None,
+                        past=None):
     """Masked-softmax attention with the kernel's options, materializing the (T, T) pattern: the CPU path
     of the constrained model when a hook reads the pattern or reach is asked for, and the reference the
     Triton kernel and `attention_sdpa` are tested against.
 
-    Returns (out (B, H, T, Dh), reach scalar or None). myopic reads other positions' keys and values
-    detached: the forward is plain attention, only the gradient into k and v is cut to the diagonal
-    term (each key and value gets gradient from its own query alone). pattern_hook(pattern) -> pattern, when given,
+    Returns (out (B, H, T, Dh), reach scalar or None). myopic reads other positions' keys and values from
+    past = (k_past, v_past), by default k and v detached: the forward is plain attention (past holds the same
+    numbers as k, v), only the gradient is split: k and v get the diagonal term alone (each key and value from
+    its own query), past the rest. pattern_hook(pattern) -> pattern, when given,
     sees (and may replace) the (B, H, T, T) attention pattern: the model's hook_pattern.
     """
     _validate(q, k, v, horizon, reach_h, is_query)
@@ -610,7 +619,7 @@ def attention_reference(q, k, v, horizon=None, myopic=False, reach_h=None, is_qu
     # additive: 0 where `attends`, -inf elsewhere; adding it gives masked_fill's values in one pass fewer
     mask = _options_mask(T, horizon, _query_key(is_query), q.device, q.dtype)  # (T, T)
     if myopic:
-        k_past, v_past = k.detach(), v.detach()
+        k_past, v_past = (k.detach(), v.detach()) if past is None else past
         eye = torch.eye(T, dtype=torch.bool, device=q.device)
         own = (q * k).sum(-1) * scale  # (B, H, T): each query against its own key
         scores = (q @ k_past.transpose(-1, -2)) * scale  # (B, H, T, T)
@@ -653,35 +662,41 @@ class MyopicFlashCPU(torch.autograd.Function):
         p_jj = exp(s_jj - lse_j),  delta_j = do_j . o_j,  dS_jj = p_jj (do_j . v_j - delta_j),
         dk_j = dS_jj q_j / sqrt(Dh),  dv_j = p_jj do_j.
 
+    With k_past, v_past (the same numbers as k, v, from another graph) the rest of the full gradient goes to
+    them: dk_past = dk - dk_own, dv_past = dv - dv_own, the fused backward's dk, dv no longer dropped.
+
     The backward is not the derivative of the forward (that is the point), so gradcheck does not apply;
     tests compare it with `attention_reference`.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, mask=None):
+    def forward(ctx, q, k, v, mask=None, k_past=None, v_past=None):
         o, lse = _flash_cpu_forward(q, k, v, mask)
         ctx.save_for_backward(q, k, v, o, lse, mask)
+        ctx.past = k_past is not None
         return o
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, do):
         q, k, v, o, lse, mask = ctx.saved_tensors
-        dq = None
-        if ctx.needs_input_grad[0]:
-            dq = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-                do, q, k, v, o, lse, 0.0, mask is None, attn_mask=mask)[0]
+        dq = dk_full = dv_full = None
+        if ctx.needs_input_grad[0] or ctx.past:
+            dq, dk_full, dv_full = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                do, q, k, v, o, lse, 0.0, mask is None, attn_mask=mask)[:3]
         acc = _row_dtype(q.dtype)  # the diagonal terms in at least fp32, as the kernel accumulates them
         scale = 1.0 / math.sqrt(q.shape[-1])
         qa, doa = q.to(acc), do.to(acc)
         p_own = torch.exp(torch.linalg.vecdot(qa, k.to(acc)) * scale - lse.to(acc))  # (B, H, T)
         ds_own = p_own * torch.linalg.vecdot(doa, v.to(acc) - o.to(acc))  # do_j.v_j - delta_j, (B, H, T)
-        dk = (ds_own * scale).unsqueeze(-1) * qa
-        dv = p_own.unsqueeze(-1) * doa
-        return dq, dk.to(k.dtype), dv.to(v.dtype), None
+        dk = ((ds_own * scale).unsqueeze(-1) * qa).to(k.dtype)
+        dv = (p_own.unsqueeze(-1) * doa).to(v.dtype)
+        if not ctx.past:
+            return dq, dk, dv, None, None, None
+        return dq, dk, dv, None, dk_full - dk, dv_full - dv
 
 
-def attention_sdpa(q, k, v, horizon=None, myopic=False, is_query=None) -> torch.Tensor:
+def attention_sdpa(q, k, v, horizon=None, myopic=False, is_query=None, past=None) -> torch.Tensor:
     """Causal attention with a horizon, query tokens and the myopic gradient through torch's fused
     scaled_dot_product_attention, the options' mask passed as a matrix: no pattern in memory, no reach.
     myopic needs CPU tensors (`MyopicFlashCPU`); arguments must already be validated."""
@@ -690,7 +705,7 @@ def attention_sdpa(q, k, v, horizon=None, myopic=False, is_query=None) -> torch.
     if myopic:
         plain = horizon is None and query_key is None
         mask = None if plain else _options_mask(T, horizon, query_key, q.device, q.dtype)
-        return MyopicFlashCPU.apply(q, k, v, mask)
+        return MyopicFlashCPU.apply(q, k, v, mask, *(past or ()))
     mask = _options_mask(T, horizon, query_key, q.device)
     return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
@@ -705,17 +720,18 @@ class FusedAttention(torch.autograd.Function):
 
     r is the per-row reach (B, H, T) (None without reach_h); reach is its mean. Arguments must
     already be validated (`attention` does it). With myopic the backward is the myopic gradient,
-    which is not the derivative of the forward: gradcheck applies only without it.
+    which is not the derivative of the forward: gradcheck applies only without it; k_past, v_past (myopic
+    only) receive the off-diagonal part of the full dk, dv.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, horizon=None, myopic=False, reach_h=None, is_query=None):
+    def forward(ctx, q, k, v, horizon=None, myopic=False, reach_h=None, is_query=None, k_past=None, v_past=None):
         B, H, T, _ = q.shape
         if is_query is not None:
             is_query = is_query.to(device=q.device, dtype=torch.int8).contiguous()  # (T,)
         o, lse, r = _fwd(q, k, v, horizon, reach_h, is_query)
         ctx.save_for_backward(q, k, v, o, lse, r, is_query)
-        ctx.options = (horizon, myopic, reach_h)
+        ctx.options = (horizon, myopic, reach_h, k_past is not None)
         if r is not None:
             r = r.view(B, H, T)  # (B·H, T) -> (B, H, T)
         return o, r
@@ -724,12 +740,12 @@ class FusedAttention(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, do, dr):
         q, k, v, o, lse, r, is_query = ctx.saved_tensors
-        horizon, myopic, reach_h = ctx.options
+        horizon, myopic, reach_h, past = ctx.options
         B, H, T, _ = q.shape
         if dr is not None:
             dr = dr.reshape(B * H, T).to(lse.dtype).contiguous()  # (B, H, T) -> (B·H, T)
-        dq, dk, dv = _bwd(do, q, k, v, o, lse, r, dr, horizon, reach_h, is_query, myopic)
-        return dq, dk, dv, None, None, None, None
+        grads = _bwd(do, q, k, v, o, lse, r, dr, horizon, reach_h, is_query, myopic, past)
+        return *grads[:3], None, None, None, None, *(grads[3:] if len(grads) == 5 else (None, None))
 
 
 def _validate(q, k, v, horizon, reach_h, is_query) -> None:
@@ -763,6 +779,17 @@ def _validate(q, k, v, horizon, reach_h, is_query) -> None:
             raise ValueError(f"is_query must be a bool tensor of shape (T,) = ({T},), got {shape}")
 
 
+def _validate_past(q, k, v, myopic, past) -> None:
+    if not myopic:
+        raise ValueError("past (the keys and values other positions read) applies only with myopic=True")
+    if not (isinstance(past, (tuple, list)) and len(past) == 2 and all(isinstance(x, torch.Tensor) for x in past)):
+        raise ValueError("past must be a pair of tensors (k_past, v_past)")
+    for name, x, ref in (("k_past", past[0], k), ("v_past", past[1], v)):
+        if x.shape != ref.shape or x.dtype != ref.dtype or x.device != ref.device:
+            raise ValueError(f"{name} must match {'k' if name == 'k_past' else 'v'} in shape, dtype and device, "
+                             f"got {tuple(x.shape)} {x.dtype} {x.device}")
+
+
 @functools.lru_cache(maxsize=16)
 def _causal_mask(T: int, device: torch.device) -> torch.Tensor:
     pos = torch.arange(T, device=device)
@@ -784,13 +811,18 @@ def resolve_backend(backend: str, device: torch.device, head_dim: int, myopic: b
     return "reference"
 
 
-def attention(q, k, v, horizon=None, myopic=False, reach_h=None, is_query=None, backend="auto", pattern_hook=None):
+def attention(q, k, v, horizon=None, myopic=False, reach_h=None, is_query=None, backend="auto", pattern_hook=None,
+              past=None):
     """Causal attention of q, k, v (B, H, T, Dh) with scale 1/sqrt(Dh) -> (out, reach).
 
     horizon: position i reads only j with i - h < j <= i (constrained.models.mask.attends).
     myopic: myopic descent's gradient: a position's own key and value get gradient from its own query
         only; the keys and values other positions read are constants (no gradient at all, so no dK/dV
         sweep over later queries). Forward unchanged.
+    past: with myopic, (k_past, v_past), the keys and values other positions read, equal in value to k, v but
+        from their own graph: they get the rest of the full gradient (the off-diagonal terms). Myopic descent's
+        input form passes keys and values recomputed from the detached attention input, so the projections
+        still learn from every position and nothing below the attention input does; None is the strict form.
     reach_h: also return reach, mean over (B, H, i) of Σ_j A_ij max(0, i - j - reach_h) / T, a
         differentiable scalar (in fp32 for half inputs); None otherwise.
     is_query: bool (T,), the concatenated-format clause: no position reads a query token but itself.
@@ -806,6 +838,8 @@ def attention(q, k, v, horizon=None, myopic=False, reach_h=None, is_query=None, 
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if past is not None:
+        _validate_past(q, k, v, myopic, past)
     plain = not myopic and reach_h is None and horizon is None and is_query is None
     if backend == "auto" and pattern_hook is not None:
         backend = "reference"
@@ -816,7 +850,7 @@ def attention(q, k, v, horizon=None, myopic=False, reach_h=None, is_query=None, 
     if isinstance(q, torch.Tensor) and q.dim() == 4:  # a malformed q gets its error from _validate
         backend = resolve_backend(backend, q.device, q.shape[-1], myopic, reach_h)
     if backend == "reference":
-        return attention_reference(q, k, v, horizon, myopic, reach_h, is_query, pattern_hook)
+        return attention_reference(q, k, v, horizon, myopic, reach_h, is_query, pattern_hook, past)
     _validate(q, k, v, horizon, reach_h, is_query)
     if backend == "sdpa":
         if reach_h is not None or pattern_hook is not None:
@@ -824,7 +858,7 @@ def attention(q, k, v, horizon=None, myopic=False, reach_h=None, is_query=None, 
                              "runs no pattern hook; use backend='auto' or 'reference'")
         if myopic and q.device.type != "cpu":
             raise ValueError(f"backend='sdpa' with myopic needs CPU tensors (got {q.device}); use backend='auto'")
-        return attention_sdpa(q, k, v, None if horizon is None else int(horizon), bool(myopic), is_query), None
+        return attention_sdpa(q, k, v, None if horizon is None else int(horizon), bool(myopic), is_query, past), None
     if not HAS_TRITON:
         raise ValueError("backend='triton' needs triton installed")
     if not (q.is_cuda or INTERPRETED):
@@ -836,5 +870,5 @@ def attention(q, k, v, horizon=None, myopic=False, reach_h=None, is_query=None, 
         raise ValueError(f"the Triton kernel supports head dims up to {MAX_HEAD_DIM}, got {q.shape[-1]}; "
                          "use backend='auto' or 'reference'")
     out, r = FusedAttention.apply(q, k, v, None if horizon is None else int(horizon), bool(myopic),
-                                  None if reach_h is None else float(reach_h), is_query)
+                                  None if reach_h is None else float(reach_h), is_query, *(past or ()))
     return out, (None if r is None else r.mean())

@@ -1,6 +1,12 @@
 """Spec: in the myopic model, the loss at position t has no gradient path into positions s < t.
 
-A check of the autograd graph, not a z3 query. For a small `Transformer(myopic_gradient=True)`
+Both forms of myopic descent (constrained.models.myopic) guarantee it for the residual stream: "kv" makes the keys
+and values of s < t constants, "input" the attention input of s < t (after ln1). What "input" does not isolate,
+and says so as its own claim: the key and value projections (weights and biases) get gradient from L_t through
+every position s < t, since the past keys and values are recomputed from the constant input with the live
+projections. Under "kv" they get gradient only through t's own key and value.
+
+A check of the autograd graph, not a z3 query. For a small `Transformer(myopic_gradient=...)`
 and every output position t, autograd gives ∂L_t/∂x_ℓ for the hidden state x_ℓ at every layer ℓ
 (ℓ = 0: the embedding, the input of block 0; ℓ = k: the input of block k; ℓ = n_layers: the output
 of the last block), with L_t = ⟨g_t, y_t⟩ for a random g_t (a generic loss at t alone). Claims:
@@ -43,8 +49,9 @@ from constrained.proofs.result import DEFAULT_TIMEOUT_MS, PROVED, REFUTED, Claim
 NAME = "isolation"
 T, D_IN, D_OUT = 6, 3, 2
 MODELS = {
-    "myopic": dict(myopic_gradient=True),
-    "myopic, horizon 3, queries": dict(myopic_gradient=True, horizon=3, query_positions=[1, 3, 5]),
+    f"myopic {form}{suffix}": dict(myopic_gradient=form, **options)
+    for form in ("kv", "input")
+    for suffix, options in (("", {}), (", horizon 3, queries", dict(horizon=3, query_positions=[1, 3, 5])))
 }
 
 
@@ -84,6 +91,24 @@ def check_model(label: str, model: Transformer) -> list[Claim]:
             if g[:, t].abs().max() == 0 and own.status == PROVED:
                 own = Claim(own.name, REFUTED, {"model": label, "layer": layer, "s": t, "t": t})
     return [past, own]
+
+
+def kv_projection_claim(strict: Transformer, loose: Transformer) -> Claim:
+    """The input form's stated gap: with the same weights, L_t's gradient into the key and value projections
+    differs from the strict form's for some t (the terms through s < t); the query projection's never does."""
+    name = "myopic input: W_K, W_V learn from L_t through s < t (not isolated), W_Q only through t"
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(2, T, D_IN, generator=gen)
+    weights = [(m.blocks[0].attn.W_qkv.weight, m) for m in (strict, loose)]
+    ys = [m(x) for _, m in weights]
+    differs, d_model = False, strict.blocks[0].attn.W_qkv.weight.shape[1]
+    for t in range(T):
+        g = torch.randn(ys[0][:, t].shape, generator=gen)
+        a, b = (torch.autograd.grad((y[:, t] * g).sum(), w, retain_graph=True)[0] for (w, _), y in zip(weights, ys))
+        if not torch.allclose(a[:d_model], b[:d_model], atol=1e-6, rtol=1e-5):
+            return Claim(name, REFUTED, {"t": t, "what": "W_Q differs"})
+        differs |= not torch.allclose(a[d_model:], b[d_model:], atol=1e-6, rtol=1e-5)
+    return Claim(name, PROVED) if differs else Claim(name, REFUTED, {"what": "W_K, W_V equal in both forms"})
 
 
 def build_modular(cls=None):
@@ -131,11 +156,14 @@ def spec(timeout_ms: int = DEFAULT_TIMEOUT_MS, models: dict | None = None, modul
     """models: label -> Transformer (default: MODELS built with `build`); a non-myopic one refutes.
     modular: (model, batch) for the modular claims (default: `build_modular()`)."""
     started = time.perf_counter()
+    default_models = models is None
     models = models if models is not None else {label: build(**opts) for label, opts in MODELS.items()}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: worker threads only add contention (100x slower on a busy host)
     try:
         answers = [c for label, model in models.items() for c in check_model(label, model)]
+        if default_models:
+            answers.append(kv_projection_claim(build(myopic_gradient="kv"), build(myopic_gradient="input")))
         answers += check_modular(*(modular or build_modular()))
     finally:
         torch.set_num_threads(threads)

@@ -26,7 +26,7 @@ def write_grid(tmp_path, variants=None, **extra) -> Path:
             "overrides": TINY,
             "variants": variants if variants is not None else [
                 {"name": "baseline", "config": "configs/icl_regression/baseline.yaml"},
-                {"name": "myopic", "config": "configs/icl_regression/myopic.yaml"}]}
+                {"name": "myopic", "config": "configs/icl_regression/myopic_kv.yaml"}]}
     grid.update(extra)
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(grid))
@@ -124,7 +124,7 @@ def test_failing_run_is_recorded_and_the_grid_goes_on(tmp_path):
 @pytest.mark.parametrize("change,match", [
     ({"variants": [{"name": "x", "config": "configs/icl_regression/nope.yaml"}]}, "does not exist"),
     ({"variants": [{"name": "a", "config": "configs/icl_regression/baseline.yaml"},
-                   {"name": "a", "config": "configs/icl_regression/myopic.yaml"}]}, "duplicate variant name 'a'"),
+                   {"name": "a", "config": "configs/icl_regression/myopic_kv.yaml"}]}, "duplicate variant name 'a'"),
     ({"seeds": []}, "seeds must be a non-empty list"),
     ({"seeds": [0, 0]}, "duplicate seeds"),
     ({"variants": []}, "variant list is empty"),

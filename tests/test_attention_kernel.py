@@ -319,3 +319,42 @@ def test_interpreter_tests_in_subprocess():
     cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-m", "interpreter"]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+
+
+def grads_with_past(backend, q, k, v, **options):
+    """d(q, k, v, k_past, v_past) of a weighted loss (+ 3·reach), with past = detached copies of k and v."""
+    k_past, v_past = (z.detach().clone().requires_grad_() for z in (k, v))
+    out, reach = attention(q, k, v, backend=backend, myopic=True, past=(k_past, v_past), **options)
+    weights = torch.linspace(-1.0, 1.0, out.numel(), dtype=out.dtype).view_as(out)
+    loss = (out * weights).sum() + (0.0 if reach is None else 3.0 * reach)
+    return out, torch.autograd.grad(loss, (q, k, v, k_past, v_past))
+
+
+@pytest.mark.parametrize("options", [{}, {"horizon": 9, "reach_h": 2.5}, {"is_query": "mask"}])
+@pytest.mark.interpreter
+@interpreted
+def test_myopic_input_form_past_gradients_match_reference_in_fp64(options):
+    """The input form's split of the key and value gradients: the diagonal into k, v, the rest into past."""
+    T = 33
+    if options.get("is_query") == "mask":
+        options = {"is_query": torch.arange(T) % 3 == 0}
+    q, k, v = qkv(B=2, T=T, Dh=24, dtype=torch.float64)
+    backends = ["triton", "reference"] + ([] if "reach_h" in options else ["sdpa"])
+    results = {b: grads_with_past(b, q, k, v, **options) for b in backends}
+    ref_out, ref_grads = results.pop("reference")
+    _, _, full = outputs_and_grads("reference", q, k, v, **options)  # the ordinary gradient
+    for part in (1, 2):  # diagonal + rest = the ordinary dk, dv
+        torch.testing.assert_close(ref_grads[part] + ref_grads[part + 2], full[part], atol=1e-12, rtol=1e-12)
+    for backend, (out, grads) in results.items():
+        torch.testing.assert_close(out, ref_out, atol=1e-12, rtol=1e-12)
+        for name, g, ref_g in zip(("q", "k", "v", "k_past", "v_past"), grads, ref_grads):
+            torch.testing.assert_close(g, ref_g, atol=1e-12, rtol=1e-12,
+                                       msg=lambda m, n=name, b=backend: f"{b} d{n}: {m}")
+
+
+def test_past_needs_myopic_and_matching_tensors():
+    q, k, v = qkv(T=8)
+    with pytest.raises(ValueError, match="only with myopic"):
+        attention(q, k, v, past=(k, v))
+    with pytest.raises(ValueError, match="k_past must match"):
+        attention(q, k, v, myopic=True, past=(k[..., :4], v))

@@ -23,7 +23,8 @@ def test_no_arguments_prints_short_help(capsys):
 
 
 def test_variant_overlays_exist():
-    assert {"baseline", "myopic", "horizon8", "concatenated_baseline", "concatenated_myopic"} <= set(VARIANTS)
+    assert {"baseline", "myopic_kv", "myopic_input", "horizon8", "concatenated_baseline", "concatenated_myopic_kv",
+            "concatenated_myopic_input"} <= set(VARIANTS)
 
 
 def _print_config(args, capsys) -> str:

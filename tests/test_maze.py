@@ -352,11 +352,11 @@ def test_fit_then_test_logs_metrics(tmp_path):
         assert any(r.get("val/loss") for r in csv.DictReader(f))
 
 
-@pytest.mark.parametrize("variant", ["baseline", "myopic"])
+@pytest.mark.parametrize("variant", ["baseline", "myopic_kv", "myopic_input"])
 def test_configs_parse(variant, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["fit", "--config", f"{CONFIGS}/base.yaml", "--config", f"{CONFIGS}/{variant}.yaml", "--print_config"])
     assert exit_.value.code in (0, None)
     out = capsys.readouterr().out
     assert "constrained.tasks.maze.Maze" in out and f"runs/maze/{variant}" in out
-    assert f"myopic_gradient: {'true' if variant == 'myopic' else 'false'}" in out
+    assert f"myopic_gradient: {variant[len('myopic_'):] if variant.startswith('myopic') else 'false'}" in out

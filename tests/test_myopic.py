@@ -114,3 +114,98 @@ def test_myopic_gradient_is_the_diagonal_of_the_per_position_gradient(options):
         got = torch.autograd.grad((model(x) * g).sum(), list(model.parameters()))
         for n, gr in zip(names, got):
             torch.testing.assert_close(gr, expected[n], msg=lambda m, n=n: f"{n}: {m}")
+
+
+# -- both forms against an independent per-position computation -----------------------------------------------
+#
+# One forward per t with that form's cut at every layer, in plain torch (no kernel code): "kv" detaches the keys
+# and values of every position but t, "input" detaches the attention input (after ln1) of every position but t
+# before the key and value projections. The loss at t alone, its parameter gradients summed over t, is what each
+# form's gradient of Σ_t L_t must be, on every attention path.
+
+
+def cut_forward(model, x, t, form):
+    T_ = x.shape[1]
+    H, Dh = model.blocks[0].attn.n_heads, model.blocks[0].attn.d_head
+    allowed = attention_mask(T_, model.horizon, model.query_positions)
+    own = (torch.arange(T_) == t).view(1, T_, 1)
+    h = model.embed(x) + model.pos_embed[:T_]
+    for block in model.blocks:
+        a = block.ln1(h)
+        W, b = block.attn.W_qkv.weight, block.attn.W_qkv.bias
+        D = a.shape[-1]
+        q = F.linear(a, W[:D], b[:D])
+        a_kv = torch.where(own, a, a.detach()) if form == "input" else a
+        k, v = F.linear(a_kv, W[D:], b[D:]).chunk(2, -1)
+        if form == "kv":
+            k, v = torch.where(own, k, k.detach()), torch.where(own, v, v.detach())
+        q, k, v = (z.view(z.shape[0], T_, H, Dh).transpose(1, 2) for z in (q, k, v))
+        scores = (q @ k.transpose(-1, -2) / Dh ** 0.5).masked_fill(~allowed, float("-inf"))
+        out = (torch.softmax(scores, -1) @ v).transpose(1, 2).reshape(x.shape[0], T_, H * Dh)
+        h = h + block.attn.W_o(out)
+        h = h + block.mlp(block.ln2(h))
+    return model.unembed(model.ln_final(h))
+
+
+def per_position_gradients(model, x, g, form):
+    params = list(model.parameters())
+    total = [torch.zeros_like(p) for p in params]
+    for t in range(x.shape[1]):
+        y = cut_forward(model, x, t, form)
+        for acc, d in zip(total, torch.autograd.grad((y[:, t] * g[:, t]).sum(), params, allow_unused=True)):
+            if d is not None:
+                acc += d
+    return total
+
+
+def model_gradients(model, x, g, path):
+    hooks = []
+    if path == "reference":  # a pattern hook sends the dispatch to the reference path
+        hooks = [(f"blocks.{i}.attn.hook_pattern", lambda out, name: out) for i in range(len(model.blocks))]
+    with model.hooks(hooks):
+        y = model(x)
+    return torch.autograd.grad((y * g).sum(), list(model.parameters()))
+
+
+@pytest.mark.parametrize("path", ["reference", "sdpa"])
+@pytest.mark.parametrize("options", [{}, {"horizon": 3}, {"query_positions": [0, 2, 4, 6]}])
+@pytest.mark.parametrize("form", ["kv", "input"])
+def test_each_form_equals_the_per_position_computation(form, options, path):
+    torch.manual_seed(0)
+    model = tiny(n_ctx=T, myopic_gradient=form, **options).double()
+    x = torch.randn(2, T, 5, dtype=torch.float64)
+    g = torch.randn(2, T, 1, dtype=torch.float64)
+    got = model_gradients(model, x, g, path)
+    names = [n for n, _ in model.named_parameters()]
+    for n, a, b in zip(names, got, per_position_gradients(model, x, g, form)):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12, msg=lambda m, n=n: f"{form} {path} {n}: {m}")
+    # the planted mutation: the other form's cut gives other key/value projection gradients, so this test can fail
+    other = per_position_gradients(model, x, g, "kv" if form == "input" else "input")
+    qkv = names.index("blocks.0.attn.W_qkv.weight")
+    assert not torch.allclose(got[qkv], other[qkv], atol=1e-6, rtol=1e-6)
+
+
+def test_the_input_form_cuts_nothing_above_the_attention_input_that_the_strict_form_keeps():
+    """Both forms send no gradient from t into the residual stream at s < t; they differ only in W_K, W_V."""
+    torch.manual_seed(0)
+    strict = tiny(n_ctx=T, myopic_gradient="kv").double()
+    loose = tiny(n_ctx=T, myopic_gradient="input").double()
+    loose.load_state_dict(strict.state_dict())
+    x = torch.randn(1, T, 5, dtype=torch.float64)
+    for t in range(1, T):
+        for name, g in grads_of_loss_at(loose, x, t).items():
+            assert torch.all(g[:t] == 0), f"{name}: gradient from t={t} reaches s<t"
+    g = torch.randn(1, T, 1, dtype=torch.float64)
+    a = dict(zip([n for n, _ in strict.named_parameters()], model_gradients(strict, x, g, "sdpa")))
+    b = dict(zip([n for n, _ in loose.named_parameters()], model_gradients(loose, x, g, "sdpa")))
+    differ = {n for n in a if not torch.allclose(a[n], b[n], atol=1e-12, rtol=0)}
+    assert differ == {f"blocks.{i}.attn.W_qkv.{w}" for i in range(2) for w in ("weight", "bias")}
+    for n in differ:
+        d = a[n] - b[n]
+        assert torch.all(d[:16].abs() < 1e-12) and d[16:].abs().max() > 1e-6, n  # W_Q the same, W_K and W_V not
+
+
+@pytest.mark.parametrize("value", ["strict", "KV", 1.5, "off"])
+def test_an_unknown_form_is_refused_naming_the_allowed_values(value):
+    with pytest.raises(ValueError, match="myopic_gradient must be false, true"):
+        tiny(n_ctx=T, myopic_gradient=value)

@@ -161,11 +161,11 @@ def test_fit_then_test_logs_metrics(tmp_path):
     assert (tmp_path / "test_metrics.csv").is_file()
 
 
-@pytest.mark.parametrize("variant", ["baseline", "myopic"])
+@pytest.mark.parametrize("variant", ["baseline", "myopic_kv", "myopic_input"])
 def test_configs_parse(variant, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["fit", "--config", f"{CONFIGS}/base.yaml", "--config", f"{CONFIGS}/{variant}.yaml", "--print_config"])
     assert exit_.value.code in (0, None)
     out = capsys.readouterr().out
     assert "constrained.tasks.precache.Precache" in out and f"runs/precache/{variant}" in out
-    assert f"myopic_gradient: {'true' if variant == 'myopic' else 'false'}" in out
+    assert f"myopic_gradient: {variant[len('myopic_'):] if variant.startswith('myopic') else 'false'}" in out

@@ -4,13 +4,10 @@ constrained.kernels.attention: scaled_dot_product_attention for plain causal att
 kernel on CUDA with an option set, torch's fused attention with the options' mask on the CPU (myopic through
 its own backward), and the PyTorch reference when the pattern is read or reach is asked for.
 
-Myopic descent (Wu, Morris & Levine 2024) trains with the diagonal terms of the gradient only: with the
-parameters used at each position treated as their own copy θ_s, the loss at t updates θ only through the
-computation at t itself, never through what was computed at s < t. The keys and values position t reads
-from s < t were computed at s, so here they are constants (detached): the loss at t sends no gradient
-into them, nor through them into the residual stream at s, ln1's gain and bias, or the key and value
-projection weights. A position's own key and value keep their gradient, so every parameter still learns
-from every position's own loss.
+Myopic descent has two forms (constrained.models.myopic): "kv" reads the keys and values of s < t as constants;
+"input" reads them recomputed from the attention input of s < t as a constant, with live projections, so the key
+and value projections still learn from every position. A position's own key and value keep their gradient in
+both, so every parameter learns from every position's own loss.
 """
 
 from __future__ import annotations
@@ -20,15 +17,16 @@ from torch import nn
 
 from constrained.kernels.attention import attention
 from constrained.models.hooks import HookPoint
+from constrained.models.myopic import ProjectionWithPast, myopic_form
 
 
 class Attention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, myopic_gradient: bool, horizon: int | None = None,
+    def __init__(self, d_model: int, n_heads: int, myopic_gradient: bool | str, horizon: int | None = None,
                  is_query: torch.Tensor | None = None):
         super().__init__()
         self.n_heads = n_heads
         self.d_head = d_model // n_heads
-        self.myopic_gradient = myopic_gradient
+        self.myopic = myopic_form(myopic_gradient)  # None, "kv" or "input"
         self.horizon = horizon
         self.register_buffer("is_query", is_query, persistent=False)  # (n_ctx,) bool or None
         self.W_qkv = nn.Linear(d_model, 3 * d_model)
@@ -38,12 +36,18 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, reach_h: float | None = None) -> torch.Tensor:
         B, T, D = x.shape
-        qkv = self.W_qkv(x).view(B, T, 3, self.n_heads, self.d_head)  # (B, T, 3, H, Dh)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T, Dh)
+        past = None
+        if self.myopic == "input":  # past keys and values: the projections of the input as a constant
+            qkv, kv = ProjectionWithPast.apply(x, self.W_qkv.weight, self.W_qkv.bias, D)
+            k_past, v_past = kv.view(B, T, 2, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)
+            past = (k_past, v_past)
+        else:
+            qkv = self.W_qkv(x)
+        q, k, v = qkv.view(B, T, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)  # each (B, H, T, Dh)
         is_query = None if self.is_query is None else self.is_query[:T]
         hook = self.hook_pattern if self.hook_pattern.active else None
-        out, reach = attention(q, k, v, horizon=self.horizon, myopic=self.myopic_gradient, reach_h=reach_h,
-                               is_query=is_query, pattern_hook=hook)
+        out, reach = attention(q, k, v, horizon=self.horizon, myopic=self.myopic is not None, reach_h=reach_h,
+                               is_query=is_query, pattern_hook=hook, past=past)
         if reach is not None:
             self.hook_reach(reach)
         return self.W_o(out.transpose(1, 2).reshape(B, T, D))  # (B, T, D)

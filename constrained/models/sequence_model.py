@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
@@ -29,7 +30,7 @@ class SequenceModel(L.LightningModule):
         n_heads: int = 2,
         d_mlp: int | None = None,
         horizon: int | None = None,
-        myopic_gradient: bool = False,
+        myopic_gradient: bool | Literal["kv", "input"] = False,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         warmup_steps: int = 250,

@@ -10,10 +10,11 @@ from torch import nn
 
 from constrained.models.attention import Attention
 from constrained.models.hooks import HookedModule, HookPoint
+from constrained.models.myopic import myopic_form
 
 
 class Block(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, d_mlp: int, myopic_gradient: bool, horizon: int | None = None,
+    def __init__(self, d_model: int, n_heads: int, d_mlp: int, myopic_gradient: bool | str, horizon: int | None = None,
                  is_query: torch.Tensor | None = None):
         super().__init__()
         self.ln1 = nn.LayerNorm(d_model)
@@ -49,7 +50,7 @@ class Transformer(HookedModule):
         n_heads: int = 2,
         d_mlp: int | None = None,
         horizon: int | None = None,
-        myopic_gradient: bool = False,
+        myopic_gradient: bool | str = False,
         query_positions: list[int] | None = None,
         vocab_size: int | None = None,
     ):
@@ -64,6 +65,7 @@ class Transformer(HookedModule):
                 raise ValueError(f"{name} must be >= 1, got {value}")
         self.n_ctx = n_ctx
         self.horizon = horizon
+        myopic_form(myopic_gradient)  # a bad value is refused here, before any block is built
         self.myopic_gradient = myopic_gradient
         self.vocab_size = vocab_size
         self.embed = nn.Linear(d_in, d_model) if vocab_size is None else nn.Embedding(vocab_size, d_model)

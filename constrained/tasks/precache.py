@@ -34,7 +34,8 @@ class Precache(Task):
     headline = Headline("test/mse_over_var", lower_is_better=True,
                         signatures=("test/probe_next_target_last_selectivity", "test/future_info_last", "test/reach",
                                     "test/iteration"),
-                        gaps=(Gap("myopia gap", "myopic", "baseline", "test/huber"),))
+                        gaps=(Gap("myopia gap, kv form", "myopic_kv", "baseline", "test/huber"),
+                              Gap("myopia gap, input form", "myopic_input", "baseline", "test/huber")))
 
     def __init__(
         self,

@@ -55,7 +55,8 @@ class Maze(Task):
                         signatures=("shifted/gmg_rate", "shifted/p_cheese", "shifted/p_corner",
                                     "test/probe_goal_distance_last_selectivity", "test/future_info_last",
                                     "test/iteration"),
-                        gaps=(Gap("myopia gap", "myopic", "baseline", "test/success"),))
+                        gaps=(Gap("myopia gap, kv form", "myopic_kv", "baseline", "test/success"),
+                              Gap("myopia gap, input form", "myopic_input", "baseline", "test/success")))
     report_sections = (report.report_section,)
     commands = {"verify": verify.verify_command}
     MAX_TRIES = 1000  # shifted episodes drawn per kept one before giving up (about 2.4 are needed at m = 3)

@@ -74,7 +74,8 @@ class Text(Task):
     headline = Headline("test/bpb", lower_is_better=True,
                         signatures=("test/probe_future_byte_k2_last_selectivity", "test/future_info_last",
                                     "test/reach", "test/iteration"),
-                        gaps=(Gap("myopia gap (bits per byte)", "myopic", "baseline", "test/bpb"),))
+                        gaps=tuple(Gap(f"myopia gap (bits per byte), {form} form", f"myopic_{form}", "baseline",
+                                       "test/bpb") for form in ("kv", "input")))
     report_sections = (report.report_section, backdoor_report.report_section)
     commands = {"sample": sample.sample_command}
     default_future_k = max(PROBE_K)
