@@ -16,6 +16,23 @@ def write_text(path: str | Path, text: str) -> None:
     os.replace(tmp, path)  # atomic on one file system: the file is whole or absent
 
 
+def unwritable(folder: str | Path) -> str | None:
+    """Why files cannot be written in folder (created if missing), or None if they can: a file where a folder
+    should be, a missing permission, a read-only mount or a full disk, found before any work is done."""
+    folder = Path(folder)
+    probe = folder / f".write-test-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"0" * 4096)
+        probe.unlink()
+    except OSError as e:
+        where = Path(e.filename) if e.filename else folder
+        why = "a file is there, where a folder should be" if isinstance(e, (FileExistsError, NotADirectoryError)) \
+            else e.strerror or str(e)
+        return f"{where}: {why}"
+    return None
+
+
 def write_csv(rows: list[dict], path: str | Path, fields: list[str] | None = None) -> None:
     """rows as CSV with a header (fields: the first row's keys, or `fields` for an empty table)."""
     out = io.StringIO()

@@ -3,15 +3,18 @@ links from the task into the model, and errors a user can fix reported in one li
 
 from __future__ import annotations
 
-import os
+import math
+import shutil
 from pathlib import Path
 
 import lightning as L
+from lightning.fabric.plugins import CheckpointIO, TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from constrained import checkpoint
+from constrained.files import unwritable
 
 # what the model takes from the task (Task attribute -> SequenceModel argument), linked at instantiation
 LINKS = (("input_dim", "d_in"), ("output_dim", "d_out"), ("seq_len", "n_ctx"), ("query_positions", "query_positions"),
@@ -32,9 +35,31 @@ class LastCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Every checkpoint written whole or not at all (checkpoint.write); a failed save names the file and keeps
+    the one already there."""
+
+    def save_checkpoint(self, state, path, storage_options=None) -> None:
+        if storage_options is not None or "://" in str(path):  # remote storage: Lightning's own writer
+            return super().save_checkpoint(state, path, storage_options)
+        path = Path(path)
+        existed = path.is_file()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            checkpoint.write(state, path)
+        except OSError as e:
+            kept = "the checkpoint saved before is kept unchanged" if existed else "no earlier one was there"
+            raise checkpoint.CheckpointError(f"cannot save checkpoint {path} (step {state.get('global_step')}): "
+                                             f"{e.strerror or e}; {kept}") from None
+
+
 class CLI(LightningCLI):
     """Run folder = trainer.default_root_dir: checkpoints/ (fixed, so `--ckpt_path last` finds them),
     logs/version_N/ per invocation (config.yaml, metrics.csv, TensorBoard events), task outputs."""
+
+    def __init__(self, *args, made: list | None = None, **kwargs):
+        self._made = [] if made is None else made  # what this invocation created, removed if it fails before logging
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -57,47 +82,135 @@ class CLI(LightningCLI):
         planner_budget. Here the config given is the run, whichever way the checkpoint is named: a config that
         does not fit the weights fails at load_state_dict, naming the keys. The checkpoint is also read here
         (safely, weights_only), before Lightning reads it again, so that a missing or corrupt file is named
-        before anything is built: one extra load at start-up, never in the training loop."""
+        before anything is built: one extra load at start-up, never in the training loop.
+
+        test and validate score trained weights: with no checkpoint they would score a random initialisation and
+        write metrics that look real, so that is refused unless asked for (--ckpt_path none)."""
         sub = self.config.get("subcommand")
-        ckpt_path = self.config[sub].get("ckpt_path") if sub else None
+        if not sub:
+            return
+        config = self.config[sub]
+        ckpt_path = config.get("ckpt_path")
+        if isinstance(ckpt_path, str) and ckpt_path.lower() == "none":
+            config["ckpt_path"] = None
+            return
         if not ckpt_path:
+            init_from = (config.get("model") or {}).get("init_args", {}).get("init_from")
+            if sub in ("test", "validate") and not init_from:
+                raise checkpoint.CheckpointError(
+                    f"no weights to {sub}: give --ckpt_path (last, best or a file), or --ckpt_path none to {sub} "
+                    f"the randomly initialised model on purpose")
             return
-        path = Path(ckpt_path)
+        folder = Path(config.get("checkpoint", {}).get("dirpath") or self._root(config) / "checkpoints")
         if ckpt_path == "last":  # Lightning resolves it through the checkpoint callbacks; a fresh run has none yet
-            path = Path(self.config[sub].trainer.get("default_root_dir") or "runs/default") / "checkpoints/last.ckpt"
+            path = folder / "last.ckpt"
             if not path.is_file():
-                return
-        elif ckpt_path in ("best", "hpc", "registry"):
+                if sub == "fit":
+                    return
+                raise checkpoint.CheckpointError(
+                    f"no checkpoint to {sub}: {path} does not exist (train the run with `constrained fit` first, "
+                    f"or give --ckpt_path none to {sub} the randomly initialised model on purpose)")
+        elif ckpt_path == "best":
+            path = best_checkpoint(folder, config.get("checkpoint", {}).get("filename") or "best-{step}")
+            config["ckpt_path"] = str(path)
+        elif ckpt_path in ("hpc", "registry"):
             return
+        else:
+            path = Path(ckpt_path)
         checkpoint.read(path)
+
+    @staticmethod
+    def _root(config) -> Path:
+        return Path(config.trainer.get("default_root_dir") or "runs/default")
+
+    def before_instantiate_classes(self) -> None:
+        sub = self.config.get("subcommand")
+        if sub:
+            check_numbers(self.config[sub].as_dict())
 
     def _instantiate_trainer(self, config, callbacks):
         root = Path(config.get("default_root_dir") or "runs/default")
-        check_writable(root)
+        self._made += check_writable(root)
         config["default_root_dir"] = str(root)
         if config.get("logger") in (None, True):
             csv = CSVLogger(root, name="logs")
+            self._made.append(csv)
             config["logger"] = [csv, TensorBoardLogger(root, name="logs", version=csv.version, sub_dir="tb")]
+        plugins = config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            config["plugins"] = [*plugins, AtomicCheckpointIO()]
         for cb in [*callbacks, *(config.get("callbacks") or [])]:
             if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
                 cb.dirpath = str((root / "checkpoints").resolve())
         return super()._instantiate_trainer(config, callbacks)
 
 
-def check_writable(root: Path) -> None:
+def check_writable(root: Path) -> list[Path]:
     """The run folder and its checkpoints/ can be created and written, checked before any work: a run must not
     train for an hour and then lose its result to a file where a folder should be, a missing permission or a
-    full disk."""
-    probe = root / "checkpoints" / f".write-test-{os.getpid()}"
+    full disk. Returns the folders it created."""
+    missing = [p for p in (root / "checkpoints", root) if not p.exists()]
+    why = unwritable(root / "checkpoints")
+    if why:
+        raise ValueError(f"cannot write the run folder {root} (trainer.default_root_dir): {why}")
+    return missing
+
+
+def best_checkpoint(folder: Path, filename: str) -> Path:
+    """The file `--ckpt_path best` names: the one checkpoint the best-checkpoint callback keeps (save_top_k 1),
+    found by its file name, since a new process has no callback state that would remember it."""
+    prefix = filename.split("{", 1)[0]
+    found = sorted(p for p in folder.glob(f"{prefix}*.ckpt") if p.name != "last.ckpt") if folder.is_dir() else []
+    if not found:
+        raise checkpoint.CheckpointError(
+            f"--ckpt_path best: no best checkpoint ({prefix}*.ckpt) in {folder}: one is written at each validation "
+            f"(checkpoint.monitor); give --ckpt_path last or a file")
+    if len(found) > 1:
+        names = ", ".join(p.name for p in found[:3]) + (", ..." if len(found) > 3 else "")
+        raise checkpoint.CheckpointError(f"--ckpt_path best: {len(found)} checkpoints match {prefix}*.ckpt in "
+                                         f"{folder} ({names}); give the one to use as a file")
+    return found[0]
+
+
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def check_numbers(config, key: str = "") -> None:
+    """Every number in the config is finite and fits float32, the dtype the model and the data compute in: a
+    NaN learning rate or an x_scale of 1e39 is named before anything is built, not found by a crash in setup or
+    a NaN loss."""
+    if isinstance(config, dict):
+        for k, v in config.items():
+            check_numbers(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(config, (list, tuple)):
+        for i, v in enumerate(config):
+            check_numbers(v, f"{key}[{i}]")
+    elif isinstance(config, float) and not (math.isfinite(config) and abs(config) <= FLOAT32_MAX):
+        raise ValueError(f"{key} must be a finite number"
+                         + (f" within float32's range (|x| <= {FLOAT32_MAX:.3g})" if math.isfinite(config) else "")
+                         + f", got {config}")
+
+
+def clean_up(made: list) -> None:
+    """After a failed invocation: the log folder it opened, if nothing was logged into it (config.yaml and
+    hparams.yaml alone are no record), and the folders it created that are still empty."""
+    for item in made:
+        if isinstance(item, CSVLogger):
+            log_dir = Path(item.log_dir)
+            logged = item._experiment is not None and item._experiment.metrics
+            if log_dir.is_dir() and not (log_dir / "metrics.csv").exists() and not logged:
+                shutil.rmtree(log_dir, ignore_errors=True)
+                _remove_if_empty(log_dir.parent)
+    for folder in (p for p in made if isinstance(p, Path)):
+        _remove_if_empty(folder)
+
+
+def _remove_if_empty(folder: Path) -> None:
     try:
-        probe.parent.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"0" * 4096)
-        probe.unlink()
-    except OSError as e:
-        where = Path(e.filename) if e.filename else root
-        why = "a file is there, where a folder should be" if isinstance(e, (FileExistsError, NotADirectoryError)) \
-            else e.strerror or str(e)
-        raise ValueError(f"cannot write the run folder {root} (trainer.default_root_dir): {where}: {why}") from None
+        folder.rmdir()
+    except OSError:
+        pass
 
 
 def _getter(attr):
@@ -112,13 +225,19 @@ def _data_seed(seed):
 
 def run_training(args: list[str] | None) -> None:
     """args=None reads sys.argv (the console script); a list runs in-process (tests, scripts)."""
-    CLI(
-        L.LightningModule,
-        L.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        seed_everything_default=0,
-        parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False},
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+    made: list = []
+    try:
+        CLI(
+            L.LightningModule,
+            L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False},
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            made=made,
+        )
+    except BaseException:
+        clean_up(made)
+        raise
