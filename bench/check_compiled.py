@@ -23,7 +23,7 @@ import argparse
 import os
 import sys
 
-# the point is the compiled kernels: triton reads this when it is first imported (DESIGN §11)
+# the point is the compiled kernels: triton reads this when it is first imported
 os.environ.pop("TRITON_INTERPRET", None)
 
 import torch  # noqa: E402

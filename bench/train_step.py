@@ -1,5 +1,5 @@
 """Training-step time of a task's model with each constraint, against the baseline: the overhead a
-constraint adds (DESIGN §9: a penalty < 5 % on a GPU; myopic within 10 % of baseline).
+constraint adds (the targets in docs/speed.md).
 
     python bench/train_step.py [--task icl_regression|precache|text] [--steps 60] [--rounds 5] [--device cpu|cuda]
     python bench/train_step.py --task precache --profile   # top ops per variant -> results/profile_<task>.txt

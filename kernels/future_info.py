@@ -1,4 +1,4 @@
-"""future_info: how much about the future is linearly decodable from hidden states (DESIGN §5).
+"""future_info: how much about the future is linearly decodable from hidden states.
 
     R²(Z | H) = tr(Zcᵀ Hc (HcᵀHc + εI)⁻¹ Hcᵀ Zc) / tr(Zcᵀ Zc),   ε = ε₀ · mean diag(HcᵀHc)
 

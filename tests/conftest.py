@@ -1,6 +1,6 @@
 import os
 
-# before any kernel module is imported: Triton reads it when a kernel is decorated (DESIGN §11)
+# before any kernel module is imported: Triton reads it when a kernel is decorated
 os.environ["TRITON_INTERPRET"] = "1"
 
 import lightning.pytorch  # noqa: F401  (its log handlers bind to the stderr of the moment: the real one, not a test's capture)

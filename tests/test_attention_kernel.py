@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 
-os.environ["TRITON_INTERPRET"] = "1"  # before triton or the kernel module is imported (DESIGN §11)
+os.environ["TRITON_INTERPRET"] = "1"  # before triton or the kernel module is imported
 
 import pytest
 import torch
@@ -121,7 +121,7 @@ def test_fp64_matches_reference_to_fp64_precision():
 @pytest.mark.interpreter
 @interpreted
 def test_interpreter_refuses_bf16():
-    """bf16 arithmetic gives silent garbage in the interpreter (DESIGN §11): a clear error instead."""
+    """bf16 arithmetic gives silent garbage in the interpreter: a clear error instead."""
     q, k, v = qkv(T=8, dtype=torch.bfloat16, requires_grad=False)
     with pytest.raises(ValueError, match="bf16 arithmetic is wrong in the Triton interpreter"):
         attention(q, k, v, backend="triton")

@@ -3,7 +3,7 @@ ridge R², the closed-form gradients, the default future signal, input checks an
 
 import os
 
-# Triton decides interpreted vs compiled when triton and a kernel are imported (DESIGN §11); assignment
+# Triton decides interpreted vs compiled when triton and a kernel are imported; assignment
 # rather than setdefault, so an exported TRITON_INTERPRET=0 cannot win. conftest.py sets it too.
 os.environ["TRITON_INTERPRET"] = "1"
 
@@ -18,7 +18,7 @@ def _require_interpreter():
         pytest.skip("triton is not installed")
     if not fi._interpreted():
         pytest.fail("the Triton kernels were compiled for a GPU: triton or constrained.kernels.future_info was "
-                    "imported before TRITON_INTERPRET=1 was set (set it in conftest.py, DESIGN §11)")
+                    "imported before TRITON_INTERPRET=1 was set (set it in conftest.py)")
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Linear probes on hidden states, always scored against a random-init control of the same config.
 
-Decodable-from-random-features is not a mesa-signature (DESIGN §8), so every score comes with the
+Decodable-from-random-features is not a mesa-signature, so every score comes with the
 same probe fitted on a freshly initialized model and their difference, the selectivity.
 
 Any model with `run_with_cache` and TransformerLens hook names is probed (constrained.measure.hooked): our

@@ -1,7 +1,7 @@
 """Mesa-signatures measured on any model, trained or not, penalized or not.
 
 The same numbers the penalties use as loss terms, plus the iteration signature, which is only ever
-watched: a pilot penalizing it drove it to ~0 with e(k) unchanged, so it is not a lever (DESIGN §5).
+watched: a pilot penalizing it drove it to ~0 with e(k) unchanged, so it is not a lever.
 
 Any model with `run_with_cache` and TransformerLens hook names is measured (constrained.measure.hooked). Reach
 is read from attn.hook_reach where the model has it (ours: computed inside the attention kernel, no T×T pattern

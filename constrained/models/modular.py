@@ -1,7 +1,7 @@
 """The modular (policy/objective-separated) model for the maze: the sequence model's transformer is the
 reactive policy, trained by behaviour cloning as before; beside it, a small objective module scores states
 from declared features and is trained only on reward labels; at test, an explicit planner (best-first
-search over the maze's known moves, constrained/planner.py) picks every action, expanding in the policy's
+search over the maze's known moves, constrained/models/planner.py) picks every action, expanding in the policy's
 order and scoring squares with the objective.
 
 The two parts share no parameters and no activations: the policy's loss cannot reach the objective and the

@@ -85,7 +85,7 @@ class Precache(Task):
 
     @property
     def default_future_k(self) -> int:
-        return self.K  # the targets that sum over the tokens seen at t: y_{t+2..t+K} (DESIGN §5)
+        return self.K  # the targets that sum over the tokens seen at t: y_{t+2..t+K} (docs/design.md, metrics)
 
     def probe_targets(self, batch: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """next_target: y_{n+1} read from the hidden state at n. Decodable there only if position n
