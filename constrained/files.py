@@ -9,11 +9,19 @@ from pathlib import Path
 
 
 def write_text(path: str | Path, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)  # atomic on one file system: the file is whole or absent
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)  # atomic on one file system: the file is whole or absent
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def unwritable(folder: str | Path) -> str | None:
@@ -35,11 +43,15 @@ def unwritable(folder: str | Path) -> str | None:
 
 def write_csv(rows: list[dict], path: str | Path, fields: list[str] | None = None) -> None:
     """rows as CSV with a header (fields: the first row's keys, or `fields` for an empty table)."""
+    write_text(path, csv_text(rows, fields))
+
+
+def csv_text(rows: list[dict], fields: list[str] | None = None) -> str:
     out = io.StringIO()
     w = csv.DictWriter(out, fieldnames=fields or (list(rows[0]) if rows else []))
     w.writeheader()
     w.writerows(rows)
-    write_text(path, out.getvalue())
+    return out.getvalue()
 
 
 def read_csv(path: str | Path) -> list[dict]:

@@ -2,12 +2,14 @@
 `ablate --seeds`, which runs a subset of a grid's seeds."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from constrained.cli import main
 from constrained.experiments.compare import compare, within
 from constrained.files import write_csv
+from tests.helpers import one_line_error
 
 HEADLINE = {"capability": "test/loss", "lower_is_better": True, "signatures": ["test/reach"], "gaps": []}
 
@@ -61,3 +63,28 @@ def test_ablate_refuses_seeds_and_variants_the_grid_does_not_have(tmp_path, caps
     assert main(["ablate", "configs/ablations/precache.yaml", *option, "--out", str(out)]) == 2
     assert problem in capsys.readouterr().err
     assert not out.exists()  # refused before any work
+
+
+def test_compare_refuses_a_results_csv_cut_short(tmp_path, capsys):
+    cut = tmp_path / "check" / "icl_regression" / "results.csv"
+    cut.parent.mkdir(parents=True)
+    cut.write_bytes(Path("docs/results/icl_regression/results.csv").read_bytes()[:3000])  # `head -c 3000`
+    assert main(["compare", "docs/results/icl_regression/results.csv", str(cut)]) == 2
+    line = one_line_error(capsys, f"constrained compare: error: {cut}: line ")
+    assert "the file ends inside a row (it was cut short)" in line
+
+
+def test_compare_names_a_damaged_record(tmp_path, capsys):
+    recorded = write_grid(tmp_path / "old" / "grid", {("baseline", 0): (1.0, 0.2)})
+    bad = tmp_path / "new" / "grid" / "baseline" / "seed0" / "result.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text('{"grid": "grid", "variant": "baseline", "seed": 0, "status": "ok", "metrics": {"test/loss": 1.')
+    assert main(["compare", str(recorded), str(tmp_path / "new")]) == 2
+    assert "not valid JSON" in one_line_error(capsys, f"constrained compare: error: {bad}: line 1")
+
+
+def test_compare_with_nothing_in_common_is_no_all_clear(tmp_path, capsys):
+    recorded = write_grid(tmp_path / "old" / "grid", {("baseline", s): (1.0, 0.2) for s in range(3)})
+    new = write_grid(tmp_path / "new" / "grid", {("other", 0): (1.0, 0.2)})
+    assert main(["compare", str(recorded), str(new)]) == 2
+    assert "nothing to compare" in one_line_error(capsys)

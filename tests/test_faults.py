@@ -124,3 +124,25 @@ def test_a_python_object_is_refused_by_the_error_type_not_its_wording(tmp_path, 
     path.write_bytes(b"garbage" * 10)  # an UnpicklingError too, but of damaged bytes
     with pytest.raises(checkpoint.CheckpointError, match="not a torch checkpoint, or truncated"):
         checkpoint.read(path)
+
+
+def test_an_output_folder_with_a_file_in_the_way_is_named_before_any_run(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.write_text("not a folder")
+    assert main(["ablate", "configs/ablations/precache.yaml", "--out", str(out)]) == 2
+    line = one_line_error(capsys, f"constrained ablate: error: --out {out}: cannot write the grid's results there")
+    assert "a file is there, where a folder should be" in line
+    assert out.read_text() == "not a folder"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
+def test_a_read_only_output_folder_is_named_before_any_run(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o500)
+    try:
+        assert main(["ablate", "configs/ablations/precache.yaml", "--out", str(out)]) == 2
+        assert "Permission denied" in one_line_error(capsys, f"constrained ablate: error: --out {out}: cannot write")
+        assert not list(out.iterdir())
+    finally:
+        out.chmod(0o700)

@@ -38,7 +38,7 @@ def _perturbed(model):
 
 
 def _load_as_documented(out):
-    """The README's TransformerLens code for an export."""
+    """The TransformerLens code of docs/lens.md for an export."""
     cfg = HookedTransformerConfig(**json.loads((out / "config.json").read_text()), device="cpu")
     model = HookedTransformer(cfg)
     model.load_state_dict(torch.load(out / "state_dict.pt", weights_only=True))

@@ -1,10 +1,26 @@
 import json
 import math
+import re
+import shutil
+from pathlib import Path
 
 import pytest
+import yaml
 
-from constrained.experiments.report import grid_markdown, headline_for, paired_gap, report, summarize
+from constrained.cli import main
+from constrained.experiments.publish import lost_lines, plot_names
+from constrained.experiments.report import (
+    grid_markdown,
+    headline_for,
+    import_task,
+    load_records,
+    paired_gap,
+    report,
+    summarize,
+)
 from constrained.tasks.maze.report import read_proxy
+from constrained.tasks.task import Headline
+from tests.helpers import one_line_error
 
 
 def markdown(recs):
@@ -152,3 +168,151 @@ def test_e_k_plot_from_logged_metrics(tmp_path):
     out = report([tmp_path / "icl"])
     assert (out / "e_k_by_variant.png").stat().st_size > 5000
     assert "e_k_by_variant.png" in (out / "report.md").read_text()
+
+
+COMMITTED = sorted(p.parent for p in Path("docs/results").glob("*/results.csv"))
+
+
+def _only_in_run_folders(committed: str, line: str) -> bool:
+    """A line of a committed report that its results.csv and headlines.json, written before a report kept run
+    times, wall times and the task sections' run-folder content beside the csv, cannot give back."""
+    lines = committed.splitlines()
+    samples = lines[next((i for i, x in enumerate(lines) if x.startswith("Continuations of")), len(lines)):]
+    return (re.fullmatch(r"\d+ of \d+ runs finished; run time summed over runs: [\d.]+ min\.", line) is not None
+            or line.startswith("Wall time of the `ablate` invocations:") or line in samples)
+
+
+@pytest.mark.parametrize("folder", COMMITTED, ids=lambda p: p.name)
+def test_every_committed_report_is_rebuilt_from_its_results_csv(folder, tmp_path, capsys):
+    committed = (folder / "report.md").read_text()
+    out = report([folder / "results.csv"], out=tmp_path / "rebuilt")
+    rebuilt = (out / "report.md").read_text()
+    assert [x for x in committed.splitlines() if x.startswith("|")] == \
+        [x for x in rebuilt.splitlines() if x.startswith("|")]
+    lost = lost_lines(committed, rebuilt)
+    assert all(_only_in_run_folders(committed, line) for line in lost), lost
+    assert set(plot_names(rebuilt)) == set(plot_names(committed))
+    assert all((out / name).stat().st_size > 5000 for name in plot_names(rebuilt))
+    kept = json.loads((out / "headlines.json").read_text())[folder.name]
+    assert kept["task_class"].startswith("constrained.tasks.") and import_task(kept["task_class"]) is not None
+    assert Headline.from_dict(kept["headline"]) == headline_for(load_records([folder / "results.csv"]))
+    assert (out / "results.csv").read_text() == (folder / "results.csv").read_text()
+    # rebuilt in place (on a copy): written only if nothing is lost, else refused with every file untouched
+    copy = tmp_path / "copy" / folder.name
+    shutil.copytree(folder, copy)
+    capsys.readouterr()
+    assert main(["report", str(copy / "results.csv")]) == (2 if lost else 0)
+    if lost:
+        line = one_line_error(capsys, f"constrained report: error: {copy / 'report.md'}: rebuilding it from results")
+        assert "give --out with a new folder" in line
+        assert all((copy / p.name).read_bytes() == p.read_bytes() for p in folder.iterdir())
+    else:
+        assert lost_lines(committed, (copy / "report.md").read_text()) == []
+
+
+def _text_runs(tmp_path, grid_file):
+    """Run folders of a text grid as a runner leaves them: records, samples, per-position tables, wall times,
+    a failed run; the grid file lists one run more that never started."""
+    grid = tmp_path / "text"
+    for variant, seed, status in [("baseline", 0, "ok"), ("baseline", 1, "ok"), ("reach", 0, "ok"),
+                                  ("reach", 1, "failed")]:
+        folder = grid / variant / f"seed{seed}"
+        folder.mkdir(parents=True)
+        bpb = 1.5 + 0.1 * seed + (variant == "reach") * 0.2
+        rec = {"grid": "text", "task": "text", "variant": variant, "seed": seed, "status": status,
+               "task_class": "constrained.tasks.text.Text", "grid_file": str(grid_file), "fit_seconds": 90.0,
+               "test_seconds": 30.0, "metrics": {"test/bpb": bpb, "test/unigram_bpb": 4.5, "test/bigram_bpb": 3.4}}
+        if status != "ok":
+            rec.update(phase="fit", error="Traceback\nValueError: boom", log=str(folder / "fit.log"))
+        (folder / "result.json").write_text(json.dumps(rec))
+        (folder / "sample.txt").write_text(f"def main():\n    return {variant}_{seed}\n")
+        rows = "split,position,bpb\n" + "".join(f"test,{t},{bpb + 1 / (t + 1)}\n" for t in range(8))
+        (folder / "bpb_by_position.csv").write_text(rows)
+    (grid / "wall_times.jsonl").write_text(json.dumps({"shard": "0/1", "runs": 4, "jobs": 2, "seconds": 300.0}) + "\n")
+    grid_file.write_text(yaml.safe_dump({"name": "text", "task": "text", "base": "configs/text/base.yaml",
+                                         "seeds": [0, 1], "variants": [
+                                             {"name": "baseline", "config": "configs/text/baseline.yaml"},
+                                             {"name": "reach", "config": "configs/text/reach.yaml"},
+                                             {"name": "horizon32", "config": "configs/text/horizon32.yaml"}]}))
+    return grid
+
+
+def test_a_report_rebuilt_from_its_results_csv_is_the_same_report(tmp_path):
+    first = report([_text_runs(tmp_path, tmp_path / "grid.yaml")], out=tmp_path / "first")
+    md = (first / "report.md").read_text()
+    assert "return baseline_0" in md and "Wall time of the `ablate` invocations: 5.0 min" in md
+    assert "text_bpb_by_position.png" in plot_names(md)
+    again = report([first / "results.csv"], out=tmp_path / "again")
+    for name in ("report.md", "headlines.json", "results.csv"):
+        assert (again / name).read_text() == (first / name).read_text(), name
+    assert sorted(p.name for p in again.glob("*.png")) == sorted(p.name for p in first.glob("*.png"))
+    report([again / "results.csv"])  # in place: nothing lost, the same files
+    assert (again / "report.md").read_text() == md
+
+
+def test_report_names_the_runs_that_did_not_finish_and_counts_them_against_the_grid_file(tmp_path):
+    grid = _text_runs(tmp_path, tmp_path / "grid.yaml")
+    (grid / "reach" / "seed1" / "result.json").unlink()  # started, never finished
+    md = (report([grid]) / "report.md").read_text()
+    assert f"3 of 6 runs of {tmp_path / 'grid.yaml'} finished" in md
+    assert "- MISSING reach/seed1: its folder has no result.json (still running, or stopped before it finished)" in md
+    assert f"- MISSING horizon32/seed0: listed in {tmp_path / 'grid.yaml'}, no record of it" in md
+    assert "- MISSING horizon32/seed1" in md
+
+
+def test_report_counts_against_a_grid_file_given_on_the_command_line(tmp_path, capsys):
+    _record(tmp_path, "baseline", 0, 0.1, 0.9)
+    grid_file = tmp_path / "grid.yaml"
+    grid_file.write_text(yaml.safe_dump({"name": "g", "task": "t", "base": "configs/icl_regression/base.yaml",
+                                         "seeds": [0], "variants": [
+                                             {"name": "baseline", "config": "configs/icl_regression/baseline.yaml"},
+                                             {"name": "myopic", "config": "configs/icl_regression/myopic_kv.yaml"}]}))
+    assert main(["report", str(tmp_path / "g"), "--grid", str(grid_file)]) == 0
+    md = (tmp_path / "g" / "report.md").read_text()
+    assert f"1 of 2 runs of {grid_file} finished" in md and "- MISSING myopic/seed0" in md
+
+
+def _cut(path, size):
+    data = path.read_bytes()
+    path.write_bytes(data[:size])
+
+
+def test_report_refuses_a_results_csv_cut_short(tmp_path, capsys):
+    folder = tmp_path / "icl_regression"
+    shutil.copytree("docs/results/icl_regression", folder)
+    before = (folder / "report.md").read_bytes()
+    _cut(folder / "results.csv", 3000)
+    assert main(["report", str(folder / "results.csv")]) == 2
+    line = one_line_error(capsys, f"constrained report: error: {folder / 'results.csv'}: line ")
+    assert "cut short" in line
+    assert (folder / "report.md").read_bytes() == before
+
+
+@pytest.mark.parametrize("content,problem", [(b'{"grid": "g", "variant": "a", "se', "line 1: not valid JSON"),
+                                             (b"[1, 2]", "not a run record"),
+                                             (b'{"grid": "\xff"}', "line 1: not UTF-8 text (byte 0xff")])
+def test_report_names_a_damaged_result_json(tmp_path, capsys, content, problem):
+    _record(tmp_path, "baseline", 0, 0.1, 0.9)
+    _record(tmp_path, "myopic", 0, 0.1, 0.9)
+    bad = tmp_path / "g" / "myopic" / "seed0" / "result.json"
+    bad.write_bytes(content)
+    assert main(["report", str(tmp_path / "g")]) == 2
+    assert problem in one_line_error(capsys, f"constrained report: error: {bad}: ")
+    assert not (tmp_path / "g" / "report.md").exists()
+
+
+def test_report_names_a_results_csv_that_is_not_utf8(tmp_path, capsys):
+    csv_path = tmp_path / "g" / "results.csv"
+    csv_path.parent.mkdir()
+    csv_path.write_bytes(b"task,variant,seed,metric,value\r\nt,a,0,test/x,1.0\r\nt,\xe9,0,test/x,2.0\r\n")
+    assert main(["report", str(csv_path)]) == 2
+    assert "line 3: not UTF-8 text" in one_line_error(capsys, f"constrained report: error: {csv_path}: ")
+
+
+def test_a_report_from_run_folders_keeps_the_runs_of_an_earlier_merged_report(tmp_path, capsys):
+    for variant in ("baseline", "myopic"):
+        _record(tmp_path, variant, 0, 0.1, 0.9)
+    report([tmp_path / "g"])
+    shutil.rmtree(tmp_path / "g" / "myopic")  # as if reporting one shard into the merged report's folder
+    assert main(["report", str(tmp_path / "g")]) == 2
+    assert "holds 1 run(s) these sources do not (myopic/seed0)" in one_line_error(capsys)

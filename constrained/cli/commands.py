@@ -12,6 +12,7 @@ from constrained.cli.classes import task_classes
 
 def ablate_command(rest: list[str]) -> int:
     from constrained.experiments.grid import GridError
+    from constrained.experiments.results import ReportError
     from constrained.experiments.runner import ablate
     from constrained.experiments.slurm import ablate_slurm, add_arguments, launcher_options
 
@@ -40,7 +41,7 @@ def ablate_command(rest: list[str]) -> int:
                                 "grid file")
             return ablate_slurm(a.grid, a.out, given, a.wait)
         return ablate(a.grid, a.out, a.jobs, a.shard, a.retest, seeds, variants)
-    except GridError as e:
+    except (GridError, ReportError) as e:
         print(f"constrained ablate: error: {e}", file=sys.stderr)
         return 2
 
@@ -88,9 +89,17 @@ def report_command(rest: list[str]) -> int:
 
     p = argparse.ArgumentParser(prog="constrained report", description="Merge run records into a report.")
     p.add_argument("dirs", nargs="+", help="grid output folders (one per shard, or one merged), or a results.csv")
-    p.add_argument("--out", default=None, help="where to write the report (default: the first folder)")
+    p.add_argument("--out", default=None, help="where to write the report (default: the first folder, or the folder of "
+                                               "the results.csv; a file there is never replaced with less)")
+    p.add_argument("--grid", action="append", default=[], metavar="GRID.yaml",
+                   help="count the runs against this grid file, naming those missing (default: the one the records "
+                        "name)")
     a = p.parse_args(rest)
-    report(a.dirs, a.out)
+    try:
+        report(a.dirs, a.out, a.grid)
+    except ValueError as e:  # a source that does not parse (ReportError), a grid file that does not (GridError)
+        print(f"constrained report: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from constrained.experiments.report import by_variant, headline_for, load_records, summarize
+from constrained.experiments.report import headline_for, load_records
+from constrained.experiments.tables import by_variant, summarize
 
 SPREADS = 2.0
 
@@ -36,7 +37,7 @@ def compare(recorded: list[Path | str], new: list[Path | str]) -> tuple[list[str
     lines = [f"New runs beside the recorded ones: within = |new − recorded mean| ≤ {SPREADS:g} × recorded std.", "",
              "| variant | seed | metric | recorded (mean ± std, n) | recorded, same seed | new | within |",
              "|---|---|---|---|---|---|---|"]
-    outside = 0
+    outside = compared = 0
     for metric in metrics:
         old, fresh = by_variant(old_recs, metric), by_variant(new_recs, metric)
         for variant in sorted(fresh, key=lambda v: (v != "baseline", v)):
@@ -47,10 +48,14 @@ def compare(recorded: list[Path | str], new: list[Path | str]) -> tuple[list[str
             for seed, value in sorted(fresh[variant].items()):
                 ok = within(value, values)
                 outside += not ok
+                compared += 1
                 same = old[variant].get(seed)
                 lines.append(f"| {variant} | {seed} | {metric} | {mean:.4f} ± {std:.4f} (n={n}) | "
                              + ("–" if same is None else f"{same:.4f}") + f" | {value:.4f} | "
                              + ("yes" if ok else "**no**") + " |")
+    if not compared:  # "0 values outside" would read as an all-clear
+        raise ValueError(f"nothing to compare: the new runs in {', '.join(map(str, new))} share no variant and "
+                         f"headline metric with the recorded ones in {', '.join(map(str, recorded))}")
     unmatched = sorted({r["variant"] for r in new_recs} - {r["variant"] for r in old_recs})
     if unmatched:
         lines += ["", f"Variants with no recorded runs (not compared): {', '.join(unmatched)}."]

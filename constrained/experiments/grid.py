@@ -42,6 +42,7 @@ class Grid:
     overrides: dict = field(default_factory=dict)
     threads: int = 1  # CPU threads per run, whatever runs beside it: results do not depend on --jobs
     slurm: dict = field(default_factory=dict)  # options of the slurm launcher (experiments/slurm.py)
+    path: str | None = None  # the grid file, named in each run's record so a report counts the runs against it
 
     def runs(self) -> list[Run]:
         """All runs in a fixed order (variants as listed, then seeds), the order shards index."""
@@ -60,6 +61,11 @@ class Run:
 
     def folder(self, out: Path) -> Path:
         return out / self.grid.name / self.variant.name / f"seed{self.seed}"
+
+    def record(self, folder: Path) -> dict:
+        """What every record of this run starts with."""
+        return {"grid": self.grid.name, "task": self.grid.task, "variant": self.variant.name, "seed": self.seed,
+                "args": self.args(folder), "grid_file": self.grid.path}
 
     def args(self, folder: Path) -> list[str]:
         args = ["--config", str(self.grid.base)] + [a for c in self.variant.config for a in ("--config", str(c))]
@@ -135,7 +141,7 @@ def load_grid(path: str | Path) -> Grid:
     except OptionError as e:
         raise GridError(f"{path}: {e}") from None
     return Grid(str(raw.get("name", path.stem)), str(raw["task"]), base, seeds, variants,
-                _mapping(raw.get("overrides"), "overrides"), threads, slurm)
+                _mapping(raw.get("overrides"), "overrides"), threads, slurm, str(path))
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:

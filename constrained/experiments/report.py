@@ -1,101 +1,52 @@
 """`constrained report DIR [DIR ...]`: merge run records (of any number of shards) into results.csv,
-report.md (mean ± std over seeds per variant) and plots.
+report.md (mean ± std over seeds per variant) and plots, with headlines.json beside them.
 
 The report names no task: the headline metrics, the gaps stated in words and the extra sections (tables
 and plots) come from the task class each run recorded (Task.headline, Task.report_sections).
+
+headlines.json keeps, per grid, what results.csv cannot hold: the task class and headline, the runs of the grid
+file, the runs that did not finish, run and wall times, and the lines and plots of the task's sections (which may
+read the run folders). A report rebuilt from a results.csv alone is therefore the same report; one rebuilt from
+a csv whose headlines.json predates that keeps what it can, and never replaces a file with less (publish.py).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
-import statistics
-from collections import defaultdict
+import sys
+import tempfile
 from pathlib import Path
 
-from constrained.files import read_csv, write_csv, write_text
+from constrained.experiments import publish
+from constrained.experiments.results import FIELDS, HEADLINES, ReportError, Sources, Stored, import_task, load
+from constrained.experiments.tables import (
+    by_variant,
+    fmt,
+    grid_markdown,
+    paired_gap,
+    plot_capability_vs_signatures,
+    runs_lines,
+    summarize,
+    unfinished_entry,
+)
+from constrained.files import csv_text
 from constrained.tasks.task import Headline, Section
 
-HEADLINES = "headlines.json"  # beside results.csv: each grid's task class and headline, for a report from the csv
-FIELDS = ["task", "variant", "seed", "metric", "value"]
-
-
-def import_task(class_path: str | None):
-    """The task class at class_path, or None if there is none or it cannot be imported."""
-    if not class_path:
-        return None
-    module, _, name = class_path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        return None
+__all__ = ["FIELDS", "HEADLINES", "ReportError", "by_variant", "fmt", "grid_markdown", "headline_for", "import_task",
+           "load_records", "paired_gap", "report", "summarize", "task_of"]
 
 
 def load_records(sources: list[Path]) -> list[dict]:
     """Every run record, one per (grid, variant, seed) (later sources win). A source is a grid folder (its
     result.json files) or a results.csv written by an earlier report (long format: its grid is its folder's
     name), so results merged elsewhere can be reported again without the run folders."""
-    records = {}
-    for src in map(Path, sources):
-        if src.suffix == ".csv":
-            found = records_from_csv(src)
-        else:
-            found = []
-            for path in sorted(src.rglob("result.json")):
-                rec = json.loads(path.read_text())
-                rec["folder"] = str(path.parent)
-                found.append(rec)
-        records.update({(r["grid"], r["variant"], r["seed"]): r for r in found})
-    return list(records.values())
-
-
-def records_from_csv(path: Path) -> list[dict]:
-    """Finished-run records from a long-format results.csv (task, variant, seed, metric, value)."""
-    if not path.is_file():
-        raise SystemExit(f"error: {path} not found")
-    headlines = path.with_name(HEADLINES)
-    grid = json.loads(headlines.read_text()).get(path.parent.name, {}) if headlines.is_file() else {}
-    runs: dict[tuple, dict] = {}
-    for row in read_csv(path):
-        key = (row["task"], row["variant"], int(row["seed"]))
-        rec = runs.setdefault(key, {"grid": path.parent.name, "task": key[0], "variant": key[1], "seed": key[2],
-                                    "status": "ok", "metrics": {}, "task_class": grid.get("task_class"),
-                                    "headline": grid.get("headline", {})})
-        rec["metrics"][row["metric"]] = float(row["value"])
-    return list(runs.values())
+    return load(list(map(Path, sources))).records
 
 
 def long_rows(records: list[dict]) -> list[dict]:
     rows = [{"task": r["task"], "variant": r["variant"], "seed": r["seed"], "metric": m, "value": v}
             for r in records if r["status"] == "ok" for m, v in sorted(r["metrics"].items())]
     return sorted(rows, key=lambda x: (x["task"], x["variant"], x["seed"], x["metric"]))
-
-
-def summarize(values: list[float]) -> tuple[float, float, int]:
-    """mean, sample standard deviation (0 for one value), n."""
-    n = len(values)
-    return statistics.fmean(values), (statistics.stdev(values) if n > 1 else 0.0), n
-
-
-def fmt(values: list[float]) -> str:
-    if not values:
-        return "–"
-    mean, std, n = summarize(values)
-    return f"{mean:.4f} ± {std:.4f} (n={n})"
-
-
-def by_variant(records: list[dict], metric: str) -> dict[str, dict[int, float]]:
-    out: dict[str, dict[int, float]] = defaultdict(dict)
-    for r in records:
-        if r["status"] == "ok" and metric in r["metrics"]:
-            out[r["variant"]][r["seed"]] = r["metrics"][metric]
-    return out
-
-
-def paired_gap(values: dict[str, dict[int, float]], variant: str, reference: str = "baseline") -> list[float]:
-    """Per-seed differences variant − reference, over the seeds both have."""
-    a, b = values.get(variant, {}), values.get(reference, {})
-    return [a[s] - b[s] for s in sorted(set(a) & set(b))]
 
 
 def task_of(records: list[dict]):
@@ -108,142 +59,130 @@ def task_of(records: list[dict]):
 
 
 def headline_for(records: list[dict]) -> Headline | None:
-    """The task's current headline, so a report made after a metric is added shows it; else the one stored
-    in the records (the task class cannot be imported here)."""
+    """For records read back from a results.csv, the headline their report was made with (kept beside the csv):
+    the task's headline may have moved on since (a gap renamed with its variants) and the csv holds only the
+    metrics of then. Otherwise the task's current headline, so a report made after a metric is added shows it;
+    else the one stored in the records (the task class cannot be imported here)."""
+    stored = next((r["headline"] for r in records if r.get("headline")), None)
+    if stored and all("folder" not in r for r in records):
+        return Headline.from_dict(stored)
     task = task_of(records)
     if task is not None and hasattr(task, "headline"):
         return task.headline
-    stored = next((r["headline"] for r in records if r.get("headline")), None)
     return Headline.from_dict(stored) if stored else None
 
 
-def probe_table(ok: list[dict], variants: list[str], headline: Headline) -> list[str]:
-    """Each headline probe's score on the trained model beside the same probe on the random-init control
-    and their difference: a selectivity alone hides whether the control already decodes the target."""
-    lines = []
-    for sel in [m for m in headline.signatures if m.endswith("_selectivity")]:
-        trained, control = sel.removesuffix("_selectivity"), sel.replace("_selectivity", "_control")
-        cols = {name: by_variant(ok, name) for name in (trained, control, sel)}
-        lines += ["", "Probe scores: held-out R² of a ridge probe (fitted on the first half of the sequences, "
-                  "scored on the second against the first half's mean, target columns pooled), or held-out AUROC "
-                  "for a bool target.", "",
-                  f"| variant | {trained} (trained) | random-init control | selectivity |", "|---|---|---|---|"]
-        lines += [f"| {v} | " + " | ".join(fmt(list(cols[m].get(v, {}).values())) for m in cols) + " |"
-                  for v in variants]
-    return lines
+def expected_runs(grid: str, recs: list[dict], stored: Stored, from_csv: bool, grid_files: list[Path]
+                  ) -> tuple[str | None, list[str] | None, str | None]:
+    """(the grid file, its runs as variant/seed<k>, why it could not be read): the file given, else the one the
+    records name; a grid rebuilt from a csv keeps the runs its grid file listed when it was reported."""
+    from constrained.experiments.grid import GridError, load_grid
+
+    for path in grid_files:
+        grid_def = load_grid(path)
+        if grid_def.name == grid:
+            return str(path), [r.key for r in grid_def.runs()], None
+    if from_csv:
+        return stored.grid_file, stored.runs, None
+    path = next((r["grid_file"] for r in recs if r.get("grid_file")), None)
+    if path is None:
+        return None, None, None
+    try:
+        return path, [r.key for r in load_grid(path).runs()], None
+    except GridError as e:
+        return path, None, str(e)
 
 
-def wall_time_lines(recs: list[dict]) -> list[str]:
-    """Wall time of every `ablate` invocation that wrote into these grid folders (wall_times.jsonl)."""
-    entries = []
-    for grid_dir in sorted({Path(r["folder"]).parent.parent for r in recs if r.get("folder")}):
-        log = grid_dir / "wall_times.jsonl"
-        if log.is_file():
-            entries += [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    if not entries:
-        return []
-    parts = [f"{e['seconds'] / 60:.1f} min for {e['runs']} run(s)"
-             + (f" and {e['retested']} re-test(s)" if e.get("retested") else "") + f" with {e['jobs']} job(s)"
-             for e in entries]
-    total = sum(e["seconds"] for e in entries) / 60
-    return [f"Wall time of the `ablate` invocations: {'; '.join(parts)}; {total:.1f} min in all."]
-
-
-def grid_markdown(grid: str, recs: list[dict], headline: Headline | None) -> list[str]:
+def grid_report(grid: str, src: Sources, staged: Path, grid_files: list[Path]) -> tuple[list[str], list[Path], dict]:
+    """(Markdown lines, plots, what headlines.json keeps) of one grid."""
+    recs = [r for r in src.records if r["grid"] == grid]
     ok = [r for r in recs if r["status"] == "ok"]
-    variants = sorted({r["variant"] for r in recs}, key=lambda v: (v != "baseline", v))  # baseline first
-    lines = [f"## {grid} (task {recs[0]['task']})", ""]
-    if headline is not None:
-        capability = headline.capability
-        metrics = [capability, *headline.signatures]
-        header = ["variant", *metrics]
-        has_ref = "baseline" in variants
-        if has_ref:
-            header.append(f"Δ {capability} vs baseline (paired by seed)")
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        values = {m: by_variant(ok, m) for m in metrics}
-        for v in variants:
-            cells = [v] + [fmt(list(values[m].get(v, {}).values())) for m in metrics]
-            if has_ref:
-                cells.append(fmt(paired_gap(values[capability], v)) if v != "baseline" else "–")
-            lines.append("| " + " | ".join(cells) + " |")
-        for gap in headline.gaps:
-            if gap.variant in variants and gap.reference in variants:
-                values = by_variant(ok, gap.metric)
-                diffs = paired_gap(values, gap.variant, gap.reference)
-                seeds = sorted(set(values.get(gap.variant, {})) & set(values.get(gap.reference, {})))
-                each = ", ".join(f"seed {s}: {d:.4f}" for s, d in zip(seeds, diffs))
-                lines += ["", f"**{gap.name}**: {gap.metric} of {gap.variant} minus {gap.reference}, paired by seed: "
-                              f"{fmt(diffs)}" + (f" ({each})" if each else "")]
-        lines += probe_table(ok, variants, headline)
+    from_csv = grid in src.csv_dirs and all("folder" not in r for r in recs)
+    stored = src.stored.get(grid, Stored()) if from_csv else Stored()
+    headline, task = headline_for(recs), task_of(recs)
+    grid_file, expected, unreadable = expected_runs(grid, recs, stored, from_csv, grid_files)
+    if from_csv and stored.unfinished is not None:
+        unfinished = list(stored.unfinished)
     else:
-        lines.append("(no headline: the task class could not be imported and the records store none)")
-    run_minutes = sum(r.get("fit_seconds", 0) + r.get("test_seconds", 0) for r in recs) / 60
-    lines += ["", f"{len(ok)} of {len(recs)} runs finished"
-              + (f"; run time summed over runs: {run_minutes:.1f} min." if run_minutes else ".")]
-    lines += wall_time_lines(recs)
-    for r in recs:
-        if r["status"] != "ok":
-            lines.append(f"- FAILED {r['variant']}/seed{r['seed']} in {r.get('phase')}: "
-                         f"{r.get('error', '').splitlines()[-1:]} (log: {r.get('log', 'the run folder')})")
-    return lines
+        unfinished = [unfinished_entry(r) for r in recs if r["status"] != "ok"]
+        unfinished += [unfinished_entry(u) for u in src.unrecorded if u["grid"] == grid]
+    known = {f"{r['variant']}/seed{r['seed']}" for r in [*recs, *unfinished]}
+    unfinished += [unfinished_entry({"variant": key.rsplit("/", 1)[0], "seed": int(key.rsplit("/seed", 1)[1]),
+                                     "status": "missing", "reason": f"listed in {grid_file}, no record of it"})
+                   for key in expected or [] if key not in known]
+    if from_csv:  # None: a headlines.json that predates keeping them, kept as not known
+        seconds, walls = stored.run_seconds, stored.wall_times
+    else:
+        seconds = sum(r.get("fit_seconds", 0) + r.get("test_seconds", 0) for r in recs)
+        walls = src.wall_times.get(grid, [])
+    runs = runs_lines(len(ok), unfinished, seconds or 0.0, walls or [], grid_file)
+    if unreadable:
+        runs.append(f"(grid file {grid_file} could not be read, so runs it lists that have no folder are not "
+                    f"counted: {unreadable})")
+    text = grid_markdown(grid, recs, headline, runs)
+    plots = plot_capability_vs_signatures(ok, headline, staged) if headline is not None and ok else []
+    sections = stored.sections if from_csv and stored.sections is not None else \
+        drawn_sections(task, ok, staged, src.csv_dirs.get(grid) if from_csv else None, plots)
+    for s in sections:
+        text += ["", *s["lines"]] if s["lines"] else []
+        for name in s["plots"]:
+            path = staged / name if (staged / name).is_file() else src.csv_dirs.get(grid, staged) / name
+            plots += [path] if path.is_file() else []
+    class_path = next((r["task_class"] for r in recs if r.get("task_class")), None)
+    counted = not (from_csv and stored.unfinished is None and not grid_files)
+    keep = Stored(class_path, headline.to_dict() if headline else {}, grid_file, expected,
+                  unfinished if counted else None, seconds, walls, sections)
+    return text + [""], plots, keep.to_dict()
 
 
-def plot_capability_vs_signatures(ok: list[dict], headline: Headline, out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cap, written = by_variant(ok, headline.capability), []
-    for sig in headline.signatures:
-        sigv = by_variant(ok, sig)
-        if not sigv:
-            continue
-        fig, ax = plt.subplots(figsize=(5.5, 4.2))
-        for v in cap:
-            if v not in sigv:
-                continue
-            xm, xs, _ = summarize(list(sigv[v].values()))
-            ym, ys, n = summarize(list(cap[v].values()))
-            ax.errorbar(xm, ym, xerr=xs, yerr=ys, fmt="o", capsize=4, label=f"{v} (n={n})")
-        ax.set(xlabel=f"mesa-signature: {sig}", ylabel=f"capability: {headline.capability}"
-               + (" (lower is better)" if headline.lower_is_better else ""))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = out / f"capability_vs_{sig.replace('/', '_')}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-    return written
+def drawn_sections(task, ok: list[dict], staged: Path, csv_dir: Path | None, plots: list[Path]) -> list[dict]:
+    """The task's sections drawn from the records; from a csv whose headlines.json predates keeping them, with
+    the plots its report.md names that these records cannot draw (drawn from the run folders: the only record
+    of them, kept)."""
+    sections = []
+    for section in getattr(task, "report_sections", ()):
+        part: Section = section(ok, staged)
+        sections.append({"lines": part.lines, "plots": [p.name for p in part.plots]})
+    old = csv_dir / "report.md" if csv_dir is not None else None
+    if old is not None and old.is_file():
+        drawn = {p.name for p in plots} | {name for s in sections for name in s["plots"]}
+        carried = [n for n in publish.plot_names(old.read_text(errors="replace")) if n not in drawn]
+        sections += [{"lines": [], "plots": carried}] if carried else []
+    return sections
 
 
-def report(dirs: list[Path | str], out: Path | str | None = None) -> Path:
+def report(dirs: list[Path | str], out: Path | str | None = None, grid_files: list[Path | str] = ()) -> Path:
+    """grid_files: grid files to count the runs against (besides those the records name)."""
     dirs = [Path(d) for d in dirs]
     out = Path(out) if out else (dirs[0].parent if dirs[0].suffix == ".csv" else dirs[0])
-    out.mkdir(parents=True, exist_ok=True)
-    records = load_records(dirs)
-    if not records:
-        raise SystemExit(f"error: no run records (result.json) under {', '.join(map(str, dirs))}")
-    write_csv(long_rows(records), out / "results.csv", FIELDS)
-    text, plots, headlines = [], [], {}
-    for grid in sorted({r["grid"] for r in records}):
-        recs = [r for r in records if r["grid"] == grid]
-        ok = [r for r in recs if r["status"] == "ok"]
-        headline, task = headline_for(recs), task_of(recs)
-        class_path = next((r["task_class"] for r in recs if r.get("task_class")), None)
-        headlines[grid] = {"task_class": class_path, "headline": headline.to_dict() if headline else {}}
-        text += grid_markdown(grid, recs, headline)
-        if headline is not None and ok:
-            plots += plot_capability_vs_signatures(ok, headline, out)
-        for section in getattr(task, "report_sections", ()):
-            part: Section = section(ok, out)
-            text += ["", *part.lines] if part.lines else []
-            plots += part.plots
-        text.append("")
-    write_text(out / HEADLINES, json.dumps(headlines, indent=1) + "\n")
-    body = "\n".join(text) + "\nplots: " + ", ".join(p.name for p in plots) + "\n"
-    write_text(out / "report.md", body)
+    src = load(dirs)
+    if not src.records and not src.unrecorded:
+        raise ReportError(f"no run records (result.json) under {', '.join(map(str, dirs))}")
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp)
+        text, plots, headlines = [], [], {}
+        for grid in sorted({r["grid"] for r in [*src.records, *src.unrecorded]}):
+            lines, grid_plots, headlines[grid] = grid_report(grid, src, staged, list(map(Path, grid_files)))
+            text += lines
+            plots += grid_plots
+        body = "\n".join(text) + "\n" + publish.PLOTS + ", ".join(p.name for p in plots) + "\n"
+        texts = {"results.csv": csv_text(long_rows(src.records), FIELDS),
+                 HEADLINES: json.dumps(headlines, indent=1) + "\n", "report.md": body}
+        from_csv = any(d.suffix == ".csv" for d in dirs)
+        publish.check(out, texts, {(r["task"], r["variant"], r["seed"]) for r in src.records if r["status"] == "ok"},
+                      from_csv)
+        publish.write(out, texts, plots)
     print(body)
+    note_losses(dirs, out, body)
     return out
+
+
+def note_losses(dirs: list[Path], out: Path, body: str) -> None:
+    """A report rebuilt from a csv into a new folder: the lines of the report beside the csv it lacks."""
+    if len(dirs) != 1 or dirs[0].suffix != ".csv" or dirs[0].parent.resolve() == out.resolve():
+        return
+    old = dirs[0].parent / "report.md"
+    lost = publish.lost_lines(old.read_text(errors="replace"), body) if old.is_file() else []
+    if lost:
+        print(f"constrained report: note: {len(lost)} line(s) of {old} are not in {out / 'report.md'}: "
+              f"{dirs[0].name} and its {HEADLINES} do not hold them (first: {lost[0][:80]!r})", file=sys.stderr)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from constrained.experiments.grid import Grid, GridError, Run, load_grid, parse_shard
 from constrained.experiments.records import claim, finished, latest_metrics, read_record, task_class_of, write_record
+from constrained.files import unwritable
 
 PHASES = {"fit": ["--ckpt_path", "last"], "test": ["--ckpt_path", "last", "--verbose", "false"]}
 BUSY = "busy"  # the status of a run another live process holds; never written as a record
@@ -33,7 +34,7 @@ def die_with_parent():
 
 def headline_of(class_path: str | None) -> dict:
     """The headline of a task class (a dict, as stored in records), {} when it cannot be imported."""
-    from constrained.experiments.report import import_task
+    from constrained.experiments.results import import_task
 
     task = import_task(class_path)
     return task.headline.to_dict() if task is not None and hasattr(task, "headline") else {}
@@ -61,8 +62,7 @@ def execute(run: Run, out: Path, phases: tuple[str, ...] = ("fit", "test")) -> d
 
 def _execute(run: Run, folder: Path, phases: tuple[str, ...]) -> dict:
     base = [sys.executable, "-m", "constrained"]
-    record = {"grid": run.grid.name, "task": run.grid.task, "variant": run.variant.name, "seed": run.seed,
-              "args": run.args(folder)}
+    record = run.record(folder)
     times = {k: v for k, v in (read_record(folder) or {}).items() if k == "fit_seconds" and "fit" not in phases}
     for phase in phases:
         start = time.time()
@@ -88,6 +88,13 @@ def pending(grid: Grid, out: Path, shard: str | None = None) -> tuple[list[Run],
     i, n = parse_shard(shard)
     mine = [r for k, r in enumerate(grid.runs()) if k % n == i]
     return mine, [r for r in mine if not finished(r.folder(out))]
+
+
+def check_out(out: Path, grid: Grid) -> None:
+    """The grid's output folder can be written, found before any run starts rather than as a traceback after it."""
+    why = unwritable(out / grid.name)
+    if why:
+        raise GridError(f"--out {out}: cannot write the grid's results there: {why}")
 
 
 def log_wall_time(out: Path, grid: Grid, entry: dict) -> None:
@@ -118,6 +125,7 @@ def ablate(grid_path: str, out: str = "runs/ablations", jobs: int = 1, shard: st
     if jobs < 1:
         raise GridError(f"--jobs must be >= 1, got {jobs}")
     out_dir = Path(out)
+    check_out(out_dir, grid)
     mine, todo = pending(grid, out_dir, shard)
     again = [r for r in mine if r not in todo] if retest else []
     print(f"grid {grid.name}: {len(grid.runs())} runs, shard {shard or '0/1'}: {len(mine)}, "

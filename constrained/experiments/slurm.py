@@ -25,7 +25,16 @@ from submitit.helpers import Checkpointable
 
 from constrained.experiments.grid import Grid, GridError, Run, load_grid
 from constrained.experiments.records import claim, finished, read_record, write_record
-from constrained.experiments.runner import BUSY, PHASES, die_with_parent, execute, log_wall_time, pending, run_env
+from constrained.experiments.runner import (
+    BUSY,
+    PHASES,
+    check_out,
+    die_with_parent,
+    execute,
+    log_wall_time,
+    pending,
+    run_env,
+)
 from constrained.experiments.slurm_options import GENERIC, OPTIONS, REQUIRED, OptionError, check_options, flag
 
 
@@ -133,8 +142,7 @@ def record_failure(run: Run, out: Path, job_id: str, log: str, error: str) -> di
         old = read_record(folder)
         if old is not None and (old.get("status") == "ok" or old.get("job_id") == job_id):
             return old
-        record = {"grid": run.grid.name, "task": run.grid.task, "variant": run.variant.name, "seed": run.seed,
-                  "args": run.args(folder), "status": "failed", "phase": "job", "job_id": job_id,
+        record = {**run.record(folder), "status": "failed", "phase": "job", "job_id": job_id,
                   "error": "\n".join(error.strip().splitlines()[-15:]), "log": log}
         write_record(folder, record)
         return record
@@ -208,6 +216,7 @@ def ablate_slurm(grid_path: str, out: str, given: dict, wait: bool = False, clus
     if cluster == "local" and (options.get("nodes", 1) > 1 or options.get("tasks_per_node", 1) > 1):
         raise GridError("several nodes or tasks per job need a SLURM cluster")
     out_dir = Path(out)
+    check_out(out_dir, grid)
     mine, todo = pending(grid, out_dir)
     alive = queued(grid, out_dir, todo) if cluster == "slurm" else []
     busy = [r for r in todo if r not in alive and held(r, out_dir)]
