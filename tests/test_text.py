@@ -236,6 +236,29 @@ def test_bad_corpus_is_named_in_one_line(tmp_path):
     assert "must be < 1" in _error(tmp_path, tmp_path / "one", val_fraction=0.5, test_fraction=0.5)
 
 
+def test_a_corpus_of_one_file_is_split_by_position(tmp_path, capsys):
+    rng = random.Random(0)
+    text = bytes(rng.choice(b"abcdefgh \n") for _ in range(1000))
+    (tmp_path / "book.txt").write_bytes(text)
+    task = make_task(tmp_path, corpus=tmp_path / "book.txt")  # val and test 0.2 each
+    task.prepare_data()
+    parts = {s: bytes(task.corpus.data(s)) for s in SPLITS}
+    assert parts == {"train": text[:600] + b"\0", "val": text[600:800] + b"\0", "test": text[800:] + b"\0"}
+    assert "by position" in task.corpus.meta["rule"]
+    batch = task.make_batch(generator(0, 0), 4, "val")
+    assert all(bytes(row.tolist()) in parts["val"] for row in batch["inputs"])
+    run = ["--trainer.default_root_dir", str(tmp_path / "run"), "--data.init_args.corpus", str(tmp_path / "book.txt"),
+           "--data.init_args.cache_dir", str(tmp_path / "cache")]
+    assert main(["fit", *CLI, *run]) == 0, capsys.readouterr().err
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    (tmp_path / "binary.txt").write_bytes(text[:500] + b"\0" + text[500:])
+    with pytest.raises(ValueError, match=r"binary.txt holds a NUL byte at offset 500: a binary file"):
+        make_task(tmp_path, corpus=tmp_path / "binary.txt").prepare_data()
+    (tmp_path / "short.txt").write_bytes(text[:60])
+    with pytest.raises(ValueError, match=r"split 'val' has 13 bytes .* fewer than one sequence .*by position"):
+        make_task(tmp_path, corpus=tmp_path / "short.txt")
+
+
 def test_a_split_emptied_by_binary_files_leaves_nothing_in_the_cache(tmp_path, corpus):
     rule = SplitRule(0.2, 0.2)
     for rel in corpus:

@@ -5,7 +5,9 @@ with np.memmap, so a corpus of many GB trains in constant memory. Each file is f
 document boundary that no text file contains (a file holding a NUL byte is taken for binary and skipped).
 
 A file's split is a pure function of its path relative to the corpus root (a hash), so no file leaks across
-splits and the split never depends on which other files are present. The cache folder is keyed by the corpus
+splits and the split never depends on which other files are present. A corpus named as one file is split by
+position instead: its first bytes train, the next val, the last test (a hash of one path would put the whole
+file in one split). The cache folder is keyed by the corpus
 (its files' paths, sizes and modification times) and the split rule, reused when present, and written
 atomically: a temporary folder, renamed into place when every file in it is complete.
 """
@@ -53,6 +55,23 @@ class SplitRule:
     def describe(self) -> str:
         return (f"by file: a hash of the relative path, val_fraction={self.val_fraction}, "
                 f"test_fraction={self.test_fraction}")
+
+
+@dataclass(frozen=True)
+class PositionRule:
+    """One file's bytes split by position: train [0, a), val [a, b), test [b, n), where a and b are the
+    (1 - val_fraction - test_fraction) and (1 - test_fraction) points of its n bytes."""
+
+    val_fraction: float
+    test_fraction: float
+
+    def ranges(self, n: int) -> dict[str, tuple[int, int]]:
+        a, b = round(n * (1 - self.val_fraction - self.test_fraction)), round(n * (1 - self.test_fraction))
+        return {"train": (0, a), "val": (a, b), "test": (b, n)}
+
+    def describe(self) -> str:
+        return (f"by position in the one file: the first {1 - self.val_fraction - self.test_fraction:g} of its bytes "
+                f"train, the next {self.val_fraction:g} val, the last {self.test_fraction:g} test")
 
 
 @dataclass(frozen=True)
@@ -136,18 +155,27 @@ class Corpus:
         if self.cache_dir.exists() and not self.cache_dir.is_dir():
             raise ValueError(f"data.init_args.cache_dir: {self.cache_dir} is a file, not a folder")
         self.description, self.root, files = find_files(corpus, self.cache_dir.resolve())
+        one_file = corpus is not None and not glob.has_magic(os.path.expanduser(corpus)) and len(files) == 1 \
+            and Path(os.path.expanduser(corpus)).is_file()
+        if one_file:
+            self.rule = rule = PositionRule(rule.val_fraction, rule.test_fraction)
         total = sum(f.size for f in files)
         if not files or total == 0:
             raise ValueError(f"data.init_args.corpus: {self.description} is empty ({len(files)} files, 0 bytes)")
         if total + len(files) < min_bytes:
             raise ValueError(f"data.init_args.corpus: {self.description} has {total} bytes, fewer than one sequence "
                              f"({min_bytes} bytes: T + 1)")
-        self.files = {s: [f for f in files if rule.split_of(f.relpath) == s] for s in SPLITS}
-        for split, members in self.files.items():
-            self._check_split(split, len(members), sum(f.size + 1 for f in members))
+        if one_file:
+            self.files = {s: files for s in SPLITS}
+            for split, (start, stop) in rule.ranges(files[0].size).items():
+                self._check_split(split, 1, stop - start + 1)
+        else:
+            self.files = {s: [f for f in files if rule.split_of(f.relpath) == s] for s in SPLITS}
+            for split, members in self.files.items():
+                self._check_split(split, len(members), sum(f.size + 1 for f in members))
         listing = [[f.relpath, f.size, f.mtime_ns] for f in files]
         key = json.dumps({"format": FORMAT, "root": str(self.root.resolve()), "rule": [rule.val_fraction,
-                          rule.test_fraction], "files": listing})
+                          rule.test_fraction] + (["position"] if one_file else []), "files": listing})
         digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
         name = self.root.resolve().name if corpus is None else Path(corpus).name
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "corpus"
@@ -163,7 +191,8 @@ class Corpus:
             raise ValueError(f"data.init_args.corpus: split {split!r} is empty: none of the {total} files of "
                              f"{self.description} falls into it" + (f" as text ({skipped} binary files skipped)"
                                                                      if skipped else "")
-                             + f" ({rule}); name a corpus with more files or change the fractions")
+                             + f" ({rule}); name a corpus with more files or change the fractions"
+                             + (", or name the one file itself to split it by position" if total == 1 else ""))
         if n_bytes < self.min_bytes:
             raise ValueError(f"data.init_args.corpus: split {split!r} has {n_bytes} bytes in {n_files} files of "
                              f"{self.description}, fewer than one sequence ({self.min_bytes} bytes: T + 1; {rule})")
@@ -199,6 +228,16 @@ class Corpus:
         """Every split's bytes, the train split's byte counts (references.py) and meta.json, written last."""
         from constrained.tasks.text.references import count_bytes
 
+        splits = self._write_by_position(folder) if isinstance(self.rule, PositionRule) else self._write_by_file(folder)
+        unigram, bigram = count_bytes(np.memmap(folder / "train.bin", dtype=np.uint8, mode="r"))
+        np.save(folder / "unigram.npy", unigram)
+        np.save(folder / "bigram.npy", bigram)
+        meta = {"format": FORMAT, "corpus": self.description, "root": str(self.root.resolve()),
+                "rule": self.rule.describe(), "splits": splits}
+        (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+
+    def _write_by_file(self, folder: Path) -> dict[str, dict]:
+        """Each split's text files, each followed by a separator; binary files skipped."""
         splits = {}
         for split, members in self.files.items():
             n_files = skipped = 0
@@ -211,12 +250,31 @@ class Corpus:
                 n_bytes = out.tell()
             self._check_split(split, n_files, n_bytes, skipped)
             splits[split] = {"bytes": n_bytes, "files": n_files, "skipped_binary": skipped}
-        unigram, bigram = count_bytes(np.memmap(folder / "train.bin", dtype=np.uint8, mode="r"))
-        np.save(folder / "unigram.npy", unigram)
-        np.save(folder / "bigram.npy", bigram)
-        meta = {"format": FORMAT, "corpus": self.description, "root": str(self.root.resolve()),
-                "rule": self.rule.describe(), "splits": splits}
-        (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+        return splits
+
+    def _write_by_position(self, folder: Path) -> dict[str, dict]:
+        """Each split's range of the one file, followed by a separator; a NUL byte anywhere makes it binary."""
+        f, splits = self.files["train"][0], {}
+        try:
+            with f.path.open("rb") as src:
+                for split, (start, stop) in self.rule.ranges(f.size).items():
+                    with (folder / f"{split}.bin").open("wb") as out:
+                        src.seek(start)
+                        while start < stop:
+                            chunk = src.read(min(READ_CHUNK, stop - start))
+                            if not chunk:
+                                raise ValueError(f"data.init_args.corpus: {f.path} is shorter than when it was "
+                                                 f"listed ({start} of {f.size} bytes): it changed while being read")
+                            if b"\0" in chunk:
+                                raise ValueError(f"data.init_args.corpus: {f.path} holds a NUL byte at offset "
+                                                 f"{start + chunk.index(0)}: a binary file, not text")
+                            out.write(chunk)
+                            start += len(chunk)
+                        out.write(bytes([SEPARATOR]))
+                        splits[split] = {"bytes": out.tell(), "files": 1, "skipped_binary": 0}
+        except OSError as e:
+            raise ValueError(f"data.init_args.corpus: cannot read {f.path}: {e.strerror or e}") from None
+        return splits
 
     def data(self, split: str) -> np.memmap:
         """The split's bytes, mapped read-only (prepared first if need be)."""

@@ -1,8 +1,8 @@
 """Byte-level language modelling on real text: the same core reads bytes through an embedding and predicts the
 next byte (cross-entropy), with metrics in bits per byte beside the unigram and bigram references.
 
-Data: any text file, folder or glob (default: the Python standard library's own source), split by file
-(corpus.py), each split's bytes in a memmapped cache. A sequence is a window of T + 1 consecutive bytes of its
+Data: any text file, folder or glob (default: the Python standard library's own source), split by file (one
+file: by position; corpus.py), each split's bytes in a memmapped cache. A sequence is a window of T + 1 consecutive bytes of its
 split at a random offset: inputs bytes 0..T-1, targets bytes 1..T, every position scored.
 
 Mesa-signatures on text: pre-caching probes decode the byte at t+k (k = 2..4) from the residual stream at t;
@@ -54,12 +54,14 @@ def residualize_on_classes(z: torch.Tensor, classes: torch.Tensor, chunk: int = 
 
 class Text(Task):
     """Args:
-        corpus: a text file, a folder (every file under it but hidden ones and __pycache__; files holding a NUL
-            byte are taken for binary and skipped) or a glob (`**` recursive); null: the Python standard
-            library's source (sysconfig's stdlib folder, *.py, installed packages excluded).
+        corpus: a text file (split by position: its first bytes train, the next val, the last test), a folder
+            (every file under it but hidden ones and __pycache__; files holding a NUL byte are taken for binary and
+            skipped) or a glob (`**` recursive), split by file; null: the Python standard library's source
+            (sysconfig's stdlib folder, *.py, installed packages excluded).
         cache_dir: where each split's bytes are cached (one folder per corpus and split rule, reused).
         T: bytes per sequence (the model's context).
-        val_fraction, test_fraction: the share of files (by a hash of their relative path) in val and test.
+        val_fraction, test_fraction: the share of files (by a hash of their relative path) in val and test, or
+            of the bytes of a corpus that is one file.
         sample_prompt, sample_bytes, sample_temperature: `constrained test` writes a continuation of this prompt
             (sample.txt), drawn at this temperature with seed 0 (0: greedy, which a byte-level model soon turns
             into a run of spaces).
