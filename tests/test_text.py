@@ -2,8 +2,10 @@
 the pre-caching probe against its controls, bad input, and fit/test/sample through the command line."""
 
 import csv
+import io
 import math
 import random
+import sys
 
 import numpy as np
 import pytest
@@ -15,11 +17,12 @@ from constrained.models.transformer import Transformer
 from constrained.seeding import generator
 from constrained.tasks.signals import residualize
 from constrained.tasks.task import TrainStream
-from constrained.tasks.text import Text
+from constrained.tasks.text import Text, sample
 from constrained.tasks.text.corpus import SEPARATOR, SPLITS, SplitRule
 from constrained.tasks.text.references import count_bytes, reference_bpb
 from constrained.tasks.text.report import report_section
 from constrained.tasks.text.sample import generate
+from tests.helpers import one_line_error
 
 T = 16
 
@@ -162,6 +165,38 @@ def test_sampling_is_deterministic_greedy_and_with_a_seed():
     assert drawn != generate(net, b"abc", 40, temperature=1.0, seed=4)
     with pytest.raises(ValueError, match="longer than the model's context"):
         generate(net, b"x" * (T + 1), 5)
+
+
+def test_sample_max_bytes_has_an_upper_bound(tmp_path, capsys):
+    assert main(["sample", str(tmp_path / "any.ckpt"), "--max-bytes", str(sample.MAX_BYTES + 1)]) == 2
+    assert one_line_error(capsys) == (f"constrained sample: error: --max-bytes must be between 1 and "
+                                      f"{sample.MAX_BYTES}, got {sample.MAX_BYTES + 1}")
+    with pytest.raises(ValueError, match="sample_bytes must be between 0"):
+        make_task(tmp_path, sample_bytes=sample.MAX_BYTES + 1)
+
+
+def test_sample_prints_each_byte_as_it_is_drawn(monkeypatch):
+    out, printed = io.StringIO(), []
+
+    class Writes_a(torch.nn.Module):
+        """A model that always predicts "a" and notes, at each step, how much has been printed."""
+
+        n_ctx = 8
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            printed.append(len(out.getvalue()))
+            logits = torch.zeros(*x.shape, 256)
+            logits[..., ord("a")] = 1.0
+            return logits
+
+    monkeypatch.setattr(sample, "load_net", lambda path: Writes_a())
+    monkeypatch.setattr(sys, "stdout", out)
+    assert main(["sample", "model.ckpt", "--prompt", "x", "--max-bytes", "5"]) == 0
+    assert printed == [0, 1, 2, 3, 4] and out.getvalue() == "aaaaa\n"
 
 
 def planted_corpus(folder, shuffled: bool, seed: int = 1) -> None:

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import inspect
 import math
 import sys
+from collections.abc import Iterator
 
 import torch
 
@@ -15,21 +17,31 @@ from constrained.seeding import generator, stream
 from constrained.tasks.text.corpus import SEPARATOR
 from constrained.tasks.text.references import VOCAB
 
+MAX_BYTES = 100_000  # one forward pass per byte: more is a typo that would run for hours, not a sample
 
-@torch.no_grad()
+
 def generate(net, prompt: bytes, max_bytes: int, temperature: float = 0.0, seed: int = 0) -> bytes:
-    """max_bytes bytes after prompt, one at a time, each predicted from the last n_ctx bytes: the argmax at
-    temperature 0, else a draw from softmax(logits / temperature) with the generator (seed, "sample"). An empty
-    prompt starts a document (the separator byte the corpus puts between files)."""
+    """max_bytes bytes after prompt (continuation), all at once."""
+    return bytes(continuation(net, prompt, max_bytes, temperature, seed))
+
+
+def continuation(net, prompt: bytes, max_bytes: int, temperature: float = 0.0, seed: int = 0) -> Iterator[int]:
+    """max_bytes bytes after prompt, yielded one at a time as each is drawn, each predicted from the last n_ctx
+    bytes: the argmax at temperature 0, else a draw from softmax(logits / temperature) with the generator
+    (seed, "sample"). An empty prompt starts a document (the separator byte the corpus puts between files). The
+    arguments are checked before the first byte."""
     if len(prompt) > net.n_ctx:
         raise ValueError(f"--prompt is {len(prompt)} bytes, longer than the model's context of {net.n_ctx} bytes")
-    if max_bytes < 1:
-        raise ValueError(f"--max-bytes must be >= 1, got {max_bytes}")
+    if not 1 <= max_bytes <= MAX_BYTES:
+        raise ValueError(f"--max-bytes must be between 1 and {MAX_BYTES}, got {max_bytes}")
     if not (math.isfinite(temperature) and temperature >= 0):
         raise ValueError(f"--temperature must be a finite number >= 0, got {temperature}")
+    return _draw(net, list(prompt) or [SEPARATOR], max_bytes, temperature, generator(seed, stream("sample")))
+
+
+@torch.no_grad()
+def _draw(net, context: list[int], max_bytes: int, temperature: float, gen: torch.Generator) -> Iterator[int]:
     device = next(net.parameters()).device
-    gen = generator(seed, stream("sample"))
-    context, out = list(prompt) or [SEPARATOR], []
     was_training = net.training
     net.eval()
     try:
@@ -40,11 +52,10 @@ def generate(net, prompt: bytes, max_bytes: int, temperature: float = 0.0, seed:
                 byte = int(logits.argmax())
             else:
                 byte = int(torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=gen))
-            out.append(byte)
             context.append(byte)
+            yield byte
     finally:
         net.train(was_training)
-    return bytes(out)
 
 
 def load_net(path: str):
@@ -74,15 +85,24 @@ def sample_command(argv: list[str]) -> int:
                                 description="Continue a prompt with a byte-level text model (task text).")
     p.add_argument("checkpoint", help="a text run's checkpoint, e.g. runs/text/baseline/checkpoints/last.ckpt")
     p.add_argument("--prompt", default="", help="the text to continue (UTF-8; empty: the start of a file)")
-    p.add_argument("--max-bytes", type=int, default=200, help="bytes to generate (default 200)")
+    p.add_argument("--max-bytes", type=int, default=200, help=f"bytes to generate (default 200, at most {MAX_BYTES}), "
+                                                              "printed as each is drawn")
     p.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; > 0: sample with --seed")
     p.add_argument("--seed", type=int, default=0, help="seed of the draws at temperature > 0 (default 0)")
     a = p.parse_args(argv)
     try:
+        if not 1 <= a.max_bytes <= MAX_BYTES:  # before the checkpoint is read
+            raise ValueError(f"--max-bytes must be between 1 and {MAX_BYTES}, got {a.max_bytes}")
         net = load_net(a.checkpoint)
-        text = generate(net, a.prompt.encode("utf-8", "surrogateescape"), a.max_bytes, a.temperature, a.seed)
+        drawn = continuation(net, a.prompt.encode("utf-8", "surrogateescape"), a.max_bytes, a.temperature, a.seed)
     except ValueError as e:
         print(f"constrained sample: error: {e}", file=sys.stderr)
         return 2
-    print(text.decode("utf-8", errors="replace"))
+    # bytes decoded as they come: a character split across bytes is printed once it is whole
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for byte in drawn:
+        sys.stdout.write(decoder.decode(bytes([byte])))
+        sys.stdout.flush()
+    sys.stdout.write(decoder.decode(b"", final=True) + "\n")
+    sys.stdout.flush()
     return 0

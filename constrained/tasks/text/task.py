@@ -2,8 +2,8 @@
 next byte (cross-entropy), with metrics in bits per byte beside the unigram and bigram references.
 
 Data: any text file, folder or glob (default: the Python standard library's own source), split by file (one
-file: by position; corpus.py), each split's bytes in a memmapped cache. A sequence is a window of T + 1 consecutive bytes of its
-split at a random offset: inputs bytes 0..T-1, targets bytes 1..T, every position scored.
+file: by position; corpus.py), each split's bytes in a memmapped cache. A sequence is a window of T + 1
+consecutive bytes of its split at a random offset: inputs bytes 0..T-1, targets bytes 1..T, every position scored.
 
 Mesa-signatures on text: pre-caching probes decode the byte at t+k (k = 2..4) from the residual stream at t;
 their controls are the same probe on the random-init model and on the current byte's embedding alone; the
@@ -111,8 +111,9 @@ class Text(Task):
         if val_fraction + test_fraction >= 1:
             raise ValueError(f"data.init_args.val_fraction + test_fraction must be < 1 (train needs files), got "
                              f"{val_fraction + test_fraction}")
-        if sample_bytes < 0:
-            raise ValueError(f"data.init_args.sample_bytes must be >= 0 (0: no sample), got {sample_bytes}")
+        if not 0 <= sample_bytes <= sample.MAX_BYTES:
+            raise ValueError(f"data.init_args.sample_bytes must be between 0 (no sample) and {sample.MAX_BYTES}, got "
+                             f"{sample_bytes}")
         if sample_temperature < 0:
             raise ValueError(f"data.init_args.sample_temperature must be >= 0 (0: greedy), got {sample_temperature}")
         if len(sample_prompt.encode("utf-8")) > T:
