@@ -101,7 +101,7 @@ class CLI(LightningCLI):
                     f"no weights to {sub}: give --ckpt_path (last, best or a file), or --ckpt_path none to {sub} "
                     f"the randomly initialised model on purpose")
             return
-        folder = Path(config.get("checkpoint", {}).get("dirpath") or self._root(config) / "checkpoints")
+        folder = self._root(config) / "checkpoints"
         if ckpt_path == "last":  # Lightning resolves it through the checkpoint callbacks; a fresh run has none yet
             path = folder / "last.ckpt"
             if not path.is_file():
@@ -111,7 +111,8 @@ class CLI(LightningCLI):
                     f"no checkpoint to {sub}: {path} does not exist (train the run with `constrained fit` first, "
                     f"or give --ckpt_path none to {sub} the randomly initialised model on purpose)")
         elif ckpt_path == "best":
-            path = best_checkpoint(folder, config.get("checkpoint", {}).get("filename") or "best-{step}")
+            best = config.get("checkpoint") or {}
+            path = best_checkpoint(Path(best.get("dirpath") or folder), best.get("filename") or "best-{step}")
             config["ckpt_path"] = str(path)
         elif ckpt_path in ("hpc", "registry"):
             return
@@ -198,7 +199,8 @@ def clean_up(made: list) -> None:
     for item in made:
         if isinstance(item, CSVLogger):
             log_dir = Path(item.log_dir)
-            logged = item._experiment is not None and item._experiment.metrics
+            writer = getattr(item, "_experiment", None)  # the property would create the folder
+            logged = writer is not None and writer.metrics
             if log_dir.is_dir() and not (log_dir / "metrics.csv").exists() and not logged:
                 shutil.rmtree(log_dir, ignore_errors=True)
                 _remove_if_empty(log_dir.parent)
