@@ -13,13 +13,13 @@ Train transformers under architectural constraints and measure mesa-optimization
 
 training (LightningCLI; `constrained fit --help` for every option):
   fit        train:   constrained fit --config configs/<task>/base.yaml --config configs/<task>/<variant>.yaml
-  validate   evaluate a checkpoint on the validation set (--ckpt_path)
-  test       the task's test metrics and signatures, written to the run folder (--ckpt_path)
+  validate   evaluate a checkpoint on the validation set (--ckpt_path last|best|FILE, or none: the random init)
+  test       the task's test metrics and signatures, written to the run folder (--ckpt_path as for validate)
 
 comparisons:
   ablate GRID.yaml [--jobs J] [--shard I/N] [--out DIR] [--retest] [--seeds S,..] [--variants V,..]
              [--launcher local|slurm [--wait] ...]: fit and test every variant x seed, then the report
-  report DIR [DIR ...] [--out OUT]
+  report DIR [DIR ...] [--out OUT] [--grid GRID.yaml]
              merge run records (several shards) into results.csv, report.md and plots
   compare RECORDED NEW [...]  new runs (ablate --seeds 0) beside a recorded grid: within the seed spread?
 
