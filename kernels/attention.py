@@ -4,7 +4,7 @@ Plain fused attentions (scaled_dot_product_attention, flash-attention) take a ca
 mask, and differentiate the function they compute. The constrained models need three things they
 cannot give without a T×T matrix in memory:
 
-- horizon h: the mask comes from `constrained.models.mask.attends`, the predicate the model and the z3 spec
+- horizon h: the mask comes from `constrained.common.mask.attends`, the predicate the model and the z3 spec
   use, evaluated in-kernel per tile; key tiles wholly outside [i - h + 1, i] are never visited, so
   attention costs O(T·h) instead of O(T²).
 - myopic gradient: keys and values of other positions are read as detached, so dK and dV come only
@@ -26,8 +26,8 @@ import types
 
 import torch
 
-from constrained.models.mask import attends
-from constrained.proofs import formulas
+from constrained.common import formulas
+from constrained.common.mask import attends
 
 try:
     import triton
@@ -815,7 +815,7 @@ def attention(q, k, v, horizon=None, myopic=False, reach_h=None, is_query=None, 
               past=None):
     """Causal attention of q, k, v (B, H, T, Dh) with scale 1/sqrt(Dh) -> (out, reach).
 
-    horizon: position i reads only j with i - h < j <= i (constrained.models.mask.attends).
+    horizon: position i reads only j with i - h < j <= i (constrained.common.mask.attends).
     myopic: myopic descent's gradient: a position's own key and value get gradient from its own query
         only; the keys and values other positions read are constants (no gradient at all, so no dK/dV
         sweep over later queries). Forward unchanged.

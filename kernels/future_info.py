@@ -51,7 +51,7 @@ from typing import NamedTuple
 
 import torch
 
-from constrained.proofs import formulas
+from constrained.common import formulas
 
 try:
     import triton

@@ -1,7 +1,7 @@
 """Spec: with L layers of attention horizon h, no output depends on a token more than L·(h−1) positions back,
 and some output depends on one exactly that far back.
 
-Dependence, from the mask predicate the model calls (`constrained.models.mask.attends`): position i at the
+Dependence, from the mask predicate the model calls (`constrained.common.mask.attends`): position i at the
 input of layer l+1 depends on position k at the input of layer l iff step(i, k) = attends(i, k, h) ∨ i = k
 (attention, or the residual stream; LayerNorm and the MLP act per position). Position i after L layers
 depends on j iff a chain j = k_0, k_1, …, k_L = i of steps joins them. The claimed reach is reach(L, h),
@@ -35,7 +35,7 @@ import time
 import torch
 import z3
 
-from constrained.models.mask import attends as model_attends
+from constrained.common.mask import attends as model_attends
 from constrained.proofs.result import DEFAULT_TIMEOUT_MS, PROVED, REFUTED, Claim, Result, check, combine
 
 NAME = "horizon_reach"

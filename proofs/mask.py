@@ -1,6 +1,6 @@
 """Spec: the attention mask the model uses is causal, stays within the horizon, never empties a row.
 
-The predicate checked is `constrained.models.mask.attends` itself, called on z3 terms (it is written with
+The predicate checked is `constrained.common.mask.attends` itself, called on z3 terms (it is written with
 comparisons and &, |, ~ only, so the same function builds the torch mask). For all integers
 i, j ≥ 0 and horizons h ≥ 1 (unbounded: the facts are linear, so no size loop is needed):
 
@@ -23,7 +23,7 @@ import time
 
 import z3
 
-from constrained.models.mask import attends as model_attends
+from constrained.common.mask import attends as model_attends
 from constrained.proofs.result import DEFAULT_TIMEOUT_MS, Result, check, combine
 
 NAME = "mask"

@@ -42,7 +42,7 @@ import time
 
 import z3
 
-from constrained.proofs import formulas
+from constrained.common import formulas
 from constrained.proofs.algebra import Mat, derivatives, duals, equal, values, without_division
 from constrained.proofs.result import DEFAULT_TIMEOUT_MS, Result, check, combine
 

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import constrained.kernels.attention as K
+from constrained.common.mask import attends
 from constrained.kernels.attention import FusedAttention, attention, attention_reference
-from constrained.models.mask import attends
 
 interpreted = pytest.mark.skipif(
     not K.INTERPRETED, reason="triton was imported before TRITON_INTERPRET=1; test_interpreter_tests_in_subprocess "

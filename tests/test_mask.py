@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from constrained.models.mask import attends, attention_mask
+from constrained.common.mask import attends, attention_mask
 from tests.conftest import tiny
 
 

@@ -153,7 +153,7 @@ def test_configs_parse(variant, capsys):
         main(["fit", "--config", f"{CONFIGS}/base.yaml", "--config", f"{CONFIGS}/{variant}.yaml", "--print_config"])
     assert exit_.value.code in (0, None)
     out = capsys.readouterr().out
-    assert "constrained.models.modular.ModularModel" in out and "myopic_gradient: true" in out
+    assert "constrained.models.modular.ModularModel" in out and "myopic_gradient: kv" in out
     assert f"objective_data: {variant.removeprefix('modular_')}" in out
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from constrained.models.mask import attention_mask
+from constrained.common.mask import attention_mask
 from tests.conftest import tiny
 
 T = 8

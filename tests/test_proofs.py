@@ -9,10 +9,11 @@ import torch
 import z3
 
 from constrained.cli import main
+from constrained.common import formulas
+from constrained.common.mask import attends
 from constrained.kernels.attention import reach_from_pattern, reach_weights
 from constrained.kernels.future_info import future_info_reference
-from constrained.models.mask import attends
-from constrained.proofs import formulas, isolation, mask, penalty_algebra, runner
+from constrained.proofs import isolation, mask, penalty_algebra, runner
 from constrained.proofs.result import PROVED, REFUTED, UNKNOWN, check
 
 pytestmark = pytest.mark.proof

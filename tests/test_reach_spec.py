@@ -6,7 +6,7 @@ horizon is wider than the claim's."""
 import pytest
 
 from constrained.cli import main
-from constrained.models.mask import attends
+from constrained.common.mask import attends
 from constrained.proofs import horizon_reach as spec
 from constrained.proofs.result import PROVED, REFUTED
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from constrained import checkpoint
-from constrained.models.mask import attention_mask
+from constrained.common.mask import attention_mask
 from constrained.models.transformer import Transformer
 
 FORMATS = ("transformer_lens",)
