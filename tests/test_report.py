@@ -316,3 +316,20 @@ def test_a_report_from_run_folders_keeps_the_runs_of_an_earlier_merged_report(tm
     shutil.rmtree(tmp_path / "g" / "myopic")  # as if reporting one shard into the merged report's folder
     assert main(["report", str(tmp_path / "g")]) == 2
     assert "holds 1 run(s) these sources do not (myopic/seed0)" in one_line_error(capsys)
+
+
+def test_a_grid_files_notes_are_printed_under_its_table_and_must_be_lines(tmp_path, capsys):
+    _record(tmp_path, "baseline", 0, 0.1, 0.9)
+    grid = {"name": "g", "task": "t", "base": "configs/icl_regression/base.yaml", "seeds": [0],
+            "variants": [{"name": "baseline", "config": "configs/icl_regression/baseline.yaml"}],
+            "notes": ["baseline: the plain core", "second line"]}
+    grid_file = tmp_path / "grid.yaml"
+    grid_file.write_text(yaml.safe_dump(grid))
+    assert main(["report", str(tmp_path / "g"), "--grid", str(grid_file)]) == 0
+    md = (tmp_path / "g" / "report.md").read_text()
+    assert "\nbaseline: the plain core\nsecond line\n" in md
+    grid_file.write_text(yaml.safe_dump({**grid, "notes": "one string"}))
+    from constrained.experiments.grid import GridError, load_grid
+
+    with pytest.raises(GridError, match="notes must be a list of lines"):
+        load_grid(grid_file)

@@ -16,7 +16,7 @@ import yaml
 
 from constrained.experiments.slurm_options import OptionError, check_options
 
-GRID_KEYS = {"name", "task", "base", "seeds", "variants", "overrides", "threads", "slurm"}
+GRID_KEYS = {"name", "task", "base", "seeds", "variants", "overrides", "threads", "slurm", "notes"}
 VARIANT_KEYS = {"name", "config", "overrides"}
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
@@ -43,6 +43,7 @@ class Grid:
     threads: int = 1  # CPU threads per run, whatever runs beside it: results do not depend on --jobs
     slurm: dict = field(default_factory=dict)  # options of the slurm launcher (experiments/slurm.py)
     path: str | None = None  # the grid file, named in each run's record so a report counts the runs against it
+    notes: list[str] = field(default_factory=list)  # printed under the report's table: what the variants mean
 
     def runs(self) -> list[Run]:
         """All runs in a fixed order (variants as listed, then seeds), the order shards index."""
@@ -140,8 +141,11 @@ def load_grid(path: str | Path) -> Grid:
         check_options(slurm)
     except OptionError as e:
         raise GridError(f"{path}: {e}") from None
+    notes = raw.get("notes") or []
+    if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+        raise GridError(f"{path}: notes must be a list of lines of text, got {notes!r}")
     return Grid(str(raw.get("name", path.stem)), str(raw["task"]), base, seeds, variants,
-                _mapping(raw.get("overrides"), "overrides"), threads, slurm, str(path))
+                _mapping(raw.get("overrides"), "overrides"), threads, slurm, str(path), notes)
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:

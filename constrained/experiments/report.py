@@ -93,6 +93,17 @@ def expected_runs(grid: str, recs: list[dict], stored: Stored, from_csv: bool, g
         return path, None, str(e)
 
 
+def notes_of(grid_file: str | None) -> list[str]:
+    """The grid file's notes (what its variants mean), as lines under the table; none if it cannot be read."""
+    from constrained.experiments.grid import GridError, load_grid
+
+    try:
+        notes = load_grid(grid_file).notes if grid_file else []
+    except (GridError, OSError):
+        return []
+    return ["", *notes] if notes else []
+
+
 def grid_report(grid: str, src: Sources, staged: Path, grid_files: list[Path]) -> tuple[list[str], list[Path], dict]:
     """(Markdown lines, plots, what headlines.json keeps) of one grid."""
     recs = [r for r in src.records if r["grid"] == grid]
@@ -119,7 +130,7 @@ def grid_report(grid: str, src: Sources, staged: Path, grid_files: list[Path]) -
     if unreadable:
         runs.append(f"(grid file {grid_file} could not be read, so runs it lists that have no folder are not "
                     f"counted: {unreadable})")
-    text = grid_markdown(grid, recs, headline, runs)
+    text = grid_markdown(grid, recs, headline, runs) + notes_of(grid_file)
     plots = plot_capability_vs_signatures(ok, headline, staged) if headline is not None and ok else []
     sections = stored.sections if from_csv and stored.sections is not None else \
         drawn_sections(task, ok, staged, src.csv_dirs.get(grid) if from_csv else None, plots)
