@@ -126,7 +126,9 @@ def grid_report(grid: str, src: Sources, staged: Path, grid_files: list[Path]) -
     else:
         seconds = sum(r.get("fit_seconds", 0) + r.get("test_seconds", 0) for r in recs)
         walls = src.wall_times.get(grid, [])
-    runs = runs_lines(len(ok), unfinished, seconds or 0.0, walls or [], grid_file)
+    timed = stored.timed_runs if from_csv else sum("fit_seconds" in r for r in ok)
+    timed = None if timed is not None and timed >= len(ok) else timed
+    runs = runs_lines(len(ok), unfinished, seconds or 0.0, walls or [], grid_file, timed)
     if unreadable:
         runs.append(f"(grid file {grid_file} could not be read, so runs it lists that have no folder are not "
                     f"counted: {unreadable})")
@@ -142,7 +144,7 @@ def grid_report(grid: str, src: Sources, staged: Path, grid_files: list[Path]) -
     class_path = next((r["task_class"] for r in recs if r.get("task_class")), None)
     counted = not (from_csv and stored.unfinished is None and not grid_files)
     keep = Stored(class_path, headline.to_dict() if headline else {}, grid_file, expected,
-                  unfinished if counted else None, seconds, walls, sections)
+                  unfinished if counted else None, seconds, walls, sections, timed)
     return text + [""], plots, keep.to_dict()
 
 

@@ -40,6 +40,7 @@ class Stored:
     run_seconds: float | None = None
     wall_times: list[dict] | None = None
     sections: list[dict] | None = None  # {"lines": [...], "plots": [file names]}
+    timed_runs: int | None = None  # how many runs run_seconds sums over, when not every finished run
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -80,13 +80,15 @@ def wall_time_lines(entries: list[dict]) -> list[str]:
 
 
 def runs_lines(n_ok: int, unfinished: list[dict], run_seconds: float, wall_times: list[dict],
-               grid_file: str | None = None) -> list[str]:
+               grid_file: str | None = None, timed: int | None = None) -> list[str]:
     """How many of the grid's runs finished, the run and wall times, and each run that did not finish, by
-    name: a run that is missing is said so, never dropped from the count."""
+    name: a run that is missing is said so, never dropped from the count. timed: how many runs the run time
+    sums over, when not all (runs merged from a results.csv carry no times)."""
     total = n_ok + len(unfinished)
     counted = f" of {grid_file}" if grid_file and unfinished else ""
+    over = f"the {timed} runs timed here" if timed is not None and timed < n_ok else "runs"
     lines = ["", f"{n_ok} of {total} runs{counted} finished"
-             + (f"; run time summed over runs: {run_seconds / 60:.1f} min." if run_seconds else ".")]
+             + (f"; run time summed over {over}: {run_seconds / 60:.1f} min." if run_seconds else ".")]
     lines += wall_time_lines(wall_times)
     return lines + [unfinished_line(u) for u in sorted(unfinished, key=lambda u: (u["variant"], u["seed"]))]
 
