@@ -3,17 +3,21 @@ links from the task into the model, and errors a user can fix reported in one li
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
+import sys
 from pathlib import Path
 
 import lightning as L
+from jsonargparse import Namespace
 from lightning.fabric.plugins import CheckpointIO, TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from constrained import checkpoint
+from constrained.cli import run_folder
 from constrained.files import unwritable
 
 # what the model takes from the task (Task attribute -> SequenceModel argument), linked at instantiation
@@ -53,13 +57,44 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                                              f"{e.strerror or e}; {kept}") from None
 
 
+class RunIdentity(L.Callback):
+    """Writes what identifies the run's config (run_folder.identity) into every checkpoint, so that a later fit
+    in the same folder can tell whether the checkpoints are its own."""
+
+    def __init__(self, identity: dict):
+        self.identity = json.dumps(identity, sort_keys=True)
+
+    def on_save_checkpoint(self, trainer, pl_module, ckpt) -> None:
+        ckpt[run_folder.IDENTITY_KEY] = self.identity
+
+
 class CLI(LightningCLI):
-    """Run folder = trainer.default_root_dir: checkpoints/ (fixed, so `--ckpt_path last` finds them),
-    logs/version_N/ per invocation (config.yaml, metrics.csv, TensorBoard events), task outputs."""
+    """Run folder = trainer.default_root_dir, composed from the config files unless the command line names it
+    (run_folder.py): checkpoints/ (fixed, so `--ckpt_path last` finds them), logs/version_N/ per invocation
+    (config.yaml, metrics.csv, TensorBoard events), task outputs. `fit` refuses a folder whose checkpoints
+    another config wrote."""
 
     def __init__(self, *args, made: list | None = None, **kwargs):
         self._made = [] if made is None else made  # what this invocation created, removed if it fails before logging
+        self._identity: dict | None = None
+        self._read: dict[Path, dict] = {}  # checkpoints read at start-up, each read once, dropped before training
         super().__init__(*args, **kwargs)
+
+    def parse_arguments(self, parser, args) -> None:
+        """The run folder composed from the config files (run_folder.py) is added at the end of the command line,
+        where it wins over every file, unless the command line names one: --print_config and config.yaml show the
+        folder the run uses."""
+        if isinstance(args, (dict, Namespace)):
+            return super().parse_arguments(parser, args)
+        given = list(sys.argv[1:] if args is None else args)
+        folder = run_folder.folder_for(given)
+        self.config = parser.parse_args(given + ["--trainer.default_root_dir", str(folder)] if folder else given)
+
+    def _checkpoint(self, path: Path) -> dict:
+        path = Path(path)
+        if path not in self._read:
+            self._read[path] = checkpoint.read(path)
+        return self._read[path]
 
     def add_arguments_to_parser(self, parser):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -118,7 +153,7 @@ class CLI(LightningCLI):
             return
         else:
             path = Path(ckpt_path)
-        checkpoint.read(path)
+        self._checkpoint(path)
 
     @staticmethod
     def _root(config) -> Path:
@@ -127,7 +162,15 @@ class CLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         sub = self.config.get("subcommand")
         if sub:
-            check_numbers(self.config[sub].as_dict())
+            config = self.config[sub]
+            check_numbers(config.as_dict())
+            self._identity = run_folder.identity(config, linked=tuple(target for _, target in LINKS))
+            if sub == "fit":
+                root = self._root(config)
+                best = (config.get("checkpoint") or {}).get("dirpath")
+                folders = [root / "checkpoints"] + ([Path(best)] if best else [])
+                run_folder.check_folder(root, folders, self._identity, read=self._checkpoint)
+        self._read.clear()  # a checkpoint's weights and optimizer state are not kept through training
 
     def _instantiate_trainer(self, config, callbacks):
         root = Path(config.get("default_root_dir") or "runs/default")
@@ -137,6 +180,8 @@ class CLI(LightningCLI):
             csv = CSVLogger(root, name="logs")
             self._made.append(csv)
             config["logger"] = [csv, TensorBoardLogger(root, name="logs", version=csv.version, sub_dir="tb")]
+        if self._identity is not None:
+            callbacks.append(RunIdentity(self._identity))
         plugins = config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
