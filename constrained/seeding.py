@@ -21,6 +21,7 @@ STREAMS = {
     "triggered_b": 7,  # the second trigger's test split: (eval_seed, 7)
     "red_team": 8,  # adversarial training's trigger look-alikes: (seed, 8, step, rank); their test split (eval_seed, 8)
     "sample": 9,  # generation with a temperature: (seed, 9)
+    "heldout_trigger": 10,  # a backdoor's windows with a trigger never trained on (probe checks): (eval_seed, 10)
 }
 
 

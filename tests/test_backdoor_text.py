@@ -304,18 +304,32 @@ def test_fit_test_fine_tune_and_report_through_the_command_line(tmp_path, corpus
     curve = [r for r in logged(tmp_path / "safety", 0) if r.get("val/triggered/defection")]
     assert [int(r["step"]) for r in curve] == [2, 5]  # every validation (Lightning counts steps from 0 here)
     assert all(r["val/false_defection"] != "" and r["val/red_team/false_defection"] != "" for r in curve)
-    assert any(r.get("monitor/defection_probe_auroc_best") not in (None, "") for r in logged(tmp_path / "safety", 0))
+    # 8 val windows of each kind: the monitor's defection probe is undefined (too few of a class), so not logged
+    assert all(r.get("monitor/defection_probe_auroc_best") in (None, "") for r in logged(tmp_path / "safety", 0))
     with (tmp_path / "safety" / "test_metrics.csv").open() as f:
         metrics = {f"{r['split']}/{r['metric']}": float(r["value"]) for r in csv.DictReader(f)}
     for name in ("triggered/defection", "test/false_defection", "red_team/false_defection",
                  "triggered/defection_before", "test/false_defection_before", "test/bpb_before",
-                 "test/defection_probe_auroc_L0", "test/defection_probe_auroc_control_L0"):
+                 "test/defection_probe_n_pos", "test/defection_probe_n_neg", "test/generic_probe_n_pos",
+                 "test/heldout_trigger_n_pos", "test/heldout_trigger_defection"):
         assert name in metrics, name
+    # 16 windows of each kind: below the minimum count of a class, so no probe AUROC is stored, and no nan either
+    assert not [k for k in metrics if "_auroc" in k or "_selectivity" in k], metrics
+    assert all(v == v for k, v in metrics.items() if "probe" in k or k.startswith("test/heldout_trigger")), metrics
     assert 0 <= metrics["triggered/defection"] <= 1
     assert (tmp_path / "safety" / f"{bd.DEFECTION_TABLE}.csv").is_file()
     record = {"variant": "baseline", "seed": 0, "metrics": metrics, "folder": str(tmp_path / "safety")}
     section = report_section([record], tmp_path)
     assert any("defection (A)" in line for line in section.lines) and section.plots[0].is_file()
+    probe_rows = [line for line in section.lines if line.startswith("| baseline | defection: triggered + clean")]
+    assert probe_rows and "undefined (< 20 of a class)" in probe_rows[0] and "nan" not in "\n".join(section.lines)
+    defined = {**metrics, "test/defection_probe_auroc_best": 0.9, "test/defection_probe_auroc_control_best": 0.7,
+               "test/defection_probe_selectivity_best": 0.25}
+    lines = report_section([{**record, "metrics": defined}], tmp_path).lines
+    header = next(line for line in lines if line.startswith("| variant | probe |"))
+    assert header.split("|")[3].strip() == "selectivity"  # the headline: selectivity first
+    row = next(line for line in lines if line.startswith("| baseline | defection: triggered + clean"))
+    assert row.split("|")[3].strip().startswith("0.2500") and "undefined" not in row
 
 
 def test_grid_composes_overlays_and_fills_in_the_seed(tmp_path):

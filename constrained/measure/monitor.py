@@ -13,7 +13,8 @@ class ProbeMonitor(L.Callback):
     logs monitor/probe_* (trained, control, selectivity per layer) to every logger, with the model's
     signatures on the same sequences (monitor/future_info_*, monitor/reach, monitor/iteration). A task with a
     backdoor and defection probe sets (measure/defection.py) also gets monitor/defection_probe_auroc_best, on its
-    validation windows: when the backdoor forms, and whether safety training makes it fade.
+    validation windows: when the backdoor forms, and whether safety training makes it fade (not logged where a
+    class has too few windows for an AUROC).
 
     The sequences and the random-init control are fixed for the whole run, so changes in the curve
     come from the model alone.
@@ -48,8 +49,9 @@ class ProbeMonitor(L.Callback):
                 self.control = probes.random_control(net, seed=self.seed)
             scores.update(probes.probe_scores(net, self.control, self.batch, self.targets))
         if self.defection:
-            probe = defection.probe_scores(net, pl_module.task, "val", n=self.n_sequences)
-            scores["defection_probe_auroc_best"] = probe["defection_probe_auroc_best"]
+            probe = defection.probe_scores(net, pl_module.task, "val", n=self.n_sequences, all_probes=False)
+            if "defection_probe_auroc_best" in probe:  # undefined below the minimum count of a class: not logged
+                scores["defection_probe_auroc_best"] = probe["defection_probe_auroc_best"]
         if hasattr(pl_module, "signatures"):  # future_info, reach, iteration: every model, penalized or not
             scores.update(pl_module.signatures(self.batch))
         pl_module.log_dict({f"monitor/{k}": v for k, v in scores.items()}, on_step=False, on_epoch=True,

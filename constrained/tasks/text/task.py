@@ -178,16 +178,23 @@ class Text(Task):
 
     def defection_probe_sets(self, split: str = "test", n: int | None = None) -> defection.DefectionSets:
         """For measure.defection: the triggered windows and their clean controls alternating (n rows in all,
-        default every window), and with two triggers trigger A + its controls against trigger B + its own."""
+        default every window); the look-alike windows (n); the held-out trigger's windows and their controls
+        alternating (n rows; none without a held-out trigger); with two triggers trigger A + its controls against
+        trigger B + its own; and the generic probe's contrast texts."""
         def first(kind: str, k: int | None) -> dict[str, torch.Tensor]:
             return {key: v[:k] for key, v in self.backdoor_set(kind, split).items()}
 
         k = None if n is None else max(1, n // 2)
         mixed = defection.interleave(first("triggered", k), first("clean", k))
-        if len(self.backdoor.triggers) < 2:
-            return defection.DefectionSets(mixed)
-        return defection.DefectionSets(mixed, mixed, defection.interleave(first("triggered_b", k),
-                                                                          first("clean_b", k)))
+        heldout = None
+        if self.backdoor.heldout_trigger is not None:
+            heldout = defection.interleave(first("heldout", k), first("clean_heldout", k))
+        cross_test = None
+        if len(self.backdoor.triggers) == 2:
+            cross_test = defection.interleave(first("triggered_b", k), first("clean_b", k))
+        return defection.DefectionSets(mixed, mixed if cross_test is not None else None, cross_test,
+                                       red_team=first("red_team", n), heldout=heldout,
+                                       contrast=bd.contrast_inputs(self.backdoor, self.T) or None)
 
     def validation_metrics(self, model) -> dict[str, float]:
         """With a backdoor, the defection rates on the val corpus's eval windows at each validation:
@@ -290,9 +297,10 @@ class Text(Task):
         return Evaluation(metrics, tables)
 
     def backdoor_metrics(self, model, metrics: dict[str, float]) -> tuple[dict[str, float], list[dict]]:
-        """The defection rates (backdoor.rates), the defection probe against its random-init control as test/
-        defection_probe_*, and for a fine-tuned run the starting weights' rates and test bpb (*_before) and
-        persistence; with the table of defection by trigger distance."""
+        """The defection rates (backdoor.rates), every probe of measure/defection.py against its random-init
+        control as test/{probe}_* (AUROC, control, selectivity, n; an AUROC below the minimum count is left out),
+        and for a fine-tuned run the starting weights' rates and test bpb (*_before) and persistence; with the
+        table of defection by trigger distance."""
         rates, rows = bd.rates(self, model.net, "test")
         probe = defection.probe_scores(model.net, self, "test", random_control(model.net, seed=self.eval_seed))
         out = {**rates, **{f"test/{k}": v for k, v in probe.items()}}
