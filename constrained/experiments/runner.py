@@ -111,6 +111,7 @@ def ablate(grid_path: str, out: str = "runs/ablations", jobs: int = 1, shard: st
     from tqdm import tqdm
 
     grid = load_grid(grid_path)
+    parse_shard(shard)  # a bad shard is refused before the output folder is made
     if seeds is not None:
         unknown = sorted(set(seeds) - set(grid.seeds))
         if unknown:
