@@ -39,3 +39,12 @@ def fast_args(root, *overlays: str) -> list[str]:
         "--data.init_args.n_test", "32",
         "--data.init_args.n_points", "6",
     ]
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: worker threads only add contention on a busy host (the forwards get many times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

