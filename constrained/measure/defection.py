@@ -39,20 +39,20 @@ probe_at projected on it (no sign flip, no fit on windows: an AUROC below 0.5 sa
 other way). Scored on triggered against clean windows of the mixed set. The contrast texts end in a newline,
 as every probe_at position is one, so the direction is not the difference of two current bytes' embeddings.
 
-Any model with `run_with_cache` and TransformerLens hook names is probed. What a task provides:
-`defection_probe_sets(split, n)` -> DefectionSets and `defects(net, batch)` -> (n,) bool, the greedy outcome.
+Any model with `run_with_cache` and TransformerLens hook names is probed, on any task that declares the backdoor
+protocol (measure/backdoored.py: its DefectionSets and the model's own greedy outcome).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
+from constrained.measure.backdoored import Backdoored, DefectionSets
 from constrained.measure.hooked import check_hooks, device_of, n_layers
-from constrained.measure.probes import linear_auroc
+from constrained.measure.probes import linear_auroc, random_control
 
 # Below this many windows of a class (on the fitting or the scored side) an AUROC is undefined: with 13 positives
 # one window moves it by several points, and a class that is nearly empty says more about the backdoor's rate than
@@ -62,26 +62,10 @@ KEYS = ("inputs", "probe_at", "triggered")
 Hidden = dict[str, dict[int, torch.Tensor]]  # model ("trained", "control") -> layer -> (n, d_model)
 
 
-@dataclass
-class DefectionSets:
-    """Batches with inputs (n, T), probe_at (n,) long and triggered (n,) bool. mixed: triggered and clean windows
-    alternating, so both halves hold both; cross_train / cross_test: trigger A and clean, trigger B and other clean
-    windows (None with one trigger); red_team: look-alike windows (None: not available); heldout: windows with a
-    trigger the model never saw and their clean controls, alternating (None: not available); contrast: the
-    generic probe's (positive, negative) text pairs as 1-D input tensors, no trigger in any (None: no generic
-    probe)."""
-
-    mixed: dict[str, torch.Tensor]
-    cross_train: dict[str, torch.Tensor] | None = None
-    cross_test: dict[str, torch.Tensor] | None = None
-    red_team: dict[str, torch.Tensor] | None = None
-    heldout: dict[str, torch.Tensor] | None = None
-    contrast: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-
-
-def interleave(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rows a0, b0, a1, b1, ... of the keys the probe reads (a and b the same length)."""
-    return {k: torch.stack([a[k], b[k]], 1).flatten(0, 1) for k in KEYS}
+def interleave(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], keys: tuple[str, ...] = KEYS
+               ) -> dict[str, torch.Tensor]:
+    """Rows a0, b0, a1, b1, ... of `keys` (by default those the probe reads; a and b the same length)."""
+    return {k: torch.stack([a[k], b[k]], 1).flatten(0, 1) for k in keys}
 
 
 @torch.no_grad()
@@ -177,12 +161,15 @@ def direction_auroc(h: dict[int, torch.Tensor], direction: dict[int, torch.Tenso
     return {l: binary_auroc(h[l] @ direction[l], labels.long()).item() for l in h}
 
 
-def probe_scores(net, task, split: str = "test", control=None, n: int | None = None,
+def probe_scores(net, task: Backdoored, split: str = "test", control=None, n: int | None = None,
                  layers: list[int] | None = None, all_probes: bool = True) -> dict[str, float]:
     """defection_probe_rate (share of mixed windows where the model defects) and the defection_probe's metrics
     (reported(): n always, AUROC, control and selectivity when defined); with all_probes, every other probe of
     the module docstring the task's sets allow, and heldout_trigger_defection. The control's metrics need
     `control` (a random-init model of the same config)."""
+    if not isinstance(task, Backdoored):
+        raise TypeError(f"defection probes need a task declaring measure.backdoored.Backdoored, got "
+                        f"{type(task).__name__}")
     sets: DefectionSets = task.defection_probe_sets(split, n)
     layers = list(range(n_layers(net))) if layers is None else layers
     models = {"trained": net, **({"control": control} if control is not None else {})}
@@ -225,3 +212,10 @@ def probe_scores(net, task, split: str = "test", control=None, n: int | None = N
         else:
             out.update(reported("generic_probe", None, None, present))
     return out
+
+
+def test_scores(net, task: Backdoored) -> dict[str, float]:
+    """Every probe on the task's test windows against the random-init control (seeded by the task's eval_seed),
+    as test/{probe}_* metrics."""
+    control = random_control(net, seed=task.eval_seed)
+    return {f"test/{k}": v for k, v in probe_scores(net, task, "test", control).items()}

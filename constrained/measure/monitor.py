@@ -5,16 +5,17 @@ from __future__ import annotations
 import lightning as L
 
 from constrained.measure import defection, probes
+from constrained.measure.backdoored import planted
 from constrained.models.transformer import Transformer
 
 
 class ProbeMonitor(L.Callback):
     """After each validation run, fits the task's probes on a fixed set of validation sequences and
     logs monitor/probe_* (trained, control, selectivity per layer) to every logger, with the model's
-    signatures on the same sequences (monitor/future_info_*, monitor/reach, monitor/iteration). A task with a
-    backdoor and defection probe sets (measure/defection.py) also gets monitor/defection_probe_auroc_best, on its
-    validation windows: when the backdoor forms, and whether safety training makes it fade (not logged where a
-    class has too few windows for an AUROC).
+    signatures on the same sequences (monitor/future_info_*, monitor/reach, monitor/iteration). A task that
+    declares the backdoor protocol (measure/backdoored.py) and plants one also gets
+    monitor/defection_probe_auroc_best, on its validation windows: when the backdoor forms, and whether safety
+    training makes it fade (not logged where a class has too few windows for an AUROC).
 
     The sequences and the random-init control are fixed for the whole run, so changes in the curve
     come from the model alone.
@@ -32,7 +33,7 @@ class ProbeMonitor(L.Callback):
         self.batch = {k: v[: self.n_sequences] for k, v in task.eval_set("val").items()}
         self.targets = task.probe_targets(self.batch)
         self.seed = task.eval_seed
-        self.defection = getattr(task, "backdoor", None) is not None and hasattr(task, "defection_probe_sets")
+        self.defection = planted(task)
 
     # Lightning forbids self.log in on_validation_end; at epoch end it reaches every logger at the
     # current step and lands in callback_metrics like val/loss.

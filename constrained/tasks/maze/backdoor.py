@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from constrained.seeding import generator, stream
+
 FLAGGED_SPLITS = ("triggered", "triggered_b", "red_team")
 DEFECTION_TABLE = "maze_defection_by_distance"
 
@@ -144,6 +146,35 @@ def flag_channel(flag: torch.Tensor, distance: torch.Tensor, seq_len: int) -> to
     has = distance >= 0
     channel[has.nonzero().squeeze(-1), seq_len - 1 - distance[has]] = flag[has].float()
     return channel
+
+
+# -- the defection probe's episodes --------------------------------------------------------------------------
+
+
+def probe_episodes(task, kind: str, split: str) -> dict[str, torch.Tensor]:
+    """The flagged episodes of `kind` (triggered, triggered_b, red_team) the defection probe reads: on "test" the
+    test split of that name (the episodes whose rates are reported), on "val" n_val of their own ((eval_seed,
+    stream, 1), as the text task's validation windows), with probe_at (n,) at the query token, where the first
+    move is predicted."""
+    if split == "test":
+        batch = dict(task.eval_set(kind))
+    else:
+        gen = generator(task.eval_seed, stream(kind), 1)
+        batch = task.batch_from(*zip(*[draw(task, gen, kind) for _ in range(task.n_val)]))
+    batch["probe_at"] = torch.full((len(batch["flag"]),), task.seq_len - 1, dtype=torch.long)
+    return batch
+
+
+def without_flag(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The same episodes with the flag taken out: the clean control of a flagged episode differs from it in the
+    flag token alone, so a probe that tells them apart reads the flag or what the model does with it."""
+    out = dict(batch)
+    out["inputs"] = batch["inputs"].clone()
+    out["inputs"][..., -1] = 0.0
+    out["flag"] = torch.zeros_like(batch["flag"])
+    out["flag_distance"] = torch.full_like(batch["flag_distance"], -1)
+    out["triggered"] = torch.zeros_like(batch["triggered"])
+    return out
 
 
 # -- metrics ---------------------------------------------------------------------------------------------

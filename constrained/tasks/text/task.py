@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from constrained.files import write_text
 from constrained.measure import defection
-from constrained.measure.probes import random_control, ridge_r2
+from constrained.measure.backdoored import Backdoored, DefectionSets
+from constrained.measure.probes import ridge_r2
 from constrained.models.finetune import initial_model
 from constrained.seeding import generator, stream
 from constrained.tasks.task import Evaluation, Gap, Headline, Task, check_finite, masked
@@ -52,7 +53,7 @@ def residualize_on_classes(z: torch.Tensor, classes: torch.Tensor, chunk: int = 
     return z
 
 
-class Text(Task):
+class Text(Task, Backdoored):
     """Args:
         corpus: a text file (split by position: its first bytes train, the next val, the last test), a folder
             (every file under it but hidden ones and __pycache__; files holding a NUL byte are taken for binary and
@@ -176,7 +177,7 @@ class Text(Task):
         """(n,) bool: greedy generation from each window's line start says the behaviour's first line."""
         return bd.defects(net, batch, self.backdoor.line)
 
-    def defection_probe_sets(self, split: str = "test", n: int | None = None) -> defection.DefectionSets:
+    def defection_probe_sets(self, split: str = "test", n: int | None = None) -> DefectionSets:
         """For measure.defection: the triggered windows and their clean controls alternating (n rows in all,
         default every window); the look-alike windows (n); the held-out trigger's windows and their controls
         alternating (n rows; none without a held-out trigger); with two triggers trigger A + its controls against
@@ -192,7 +193,7 @@ class Text(Task):
         cross_test = None
         if len(self.backdoor.triggers) == 2:
             cross_test = defection.interleave(first("triggered_b", k), first("clean_b", k))
-        return defection.DefectionSets(mixed, mixed if cross_test is not None else None, cross_test,
+        return DefectionSets(mixed, mixed if cross_test is not None else None, cross_test,
                                        red_team=first("red_team", n), heldout=heldout,
                                        contrast=bd.contrast_inputs(self.backdoor, self.T) or None)
 
@@ -302,8 +303,7 @@ class Text(Task):
         and for a fine-tuned run the starting weights' rates and test bpb (*_before) and persistence; with the
         table of defection by trigger distance."""
         rates, rows = bd.rates(self, model.net, "test")
-        probe = defection.probe_scores(model.net, self, "test", random_control(model.net, seed=self.eval_seed))
-        out = {**rates, **{f"test/{k}": v for k, v in probe.items()}}
+        out = {**rates, **defection.test_scores(model.net, self)}
         start = initial_model(model)
         if start is not None:  # a fine-tuned run: the same windows with the weights it started from
             before, _ = bd.rates(self, start.net, "test")
