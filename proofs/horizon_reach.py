@@ -95,12 +95,14 @@ def unrolled_claims(attends, reach, timeout_ms: int, max_layers: int = L_MAX) ->
 
 def build(n_layers: int, horizon: int):
     """The small Transformer the autograd check reads, with fixed weights (seed 0, global RNG left untouched)."""
+    from constrained.models.config import TransformerConfig
     from constrained.models.transformer import Transformer
 
     T = model_reach(n_layers, horizon) + 3
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return Transformer(d_in=3, d_out=2, n_ctx=T, d_model=8, n_layers=n_layers, n_heads=2, horizon=horizon).eval()
+        config = TransformerConfig(d_in=3, d_out=2, n_ctx=T, d_model=8, n_layers=n_layers, n_heads=2, horizon=horizon)
+        return Transformer(config).eval()
 
 
 def dependence(model) -> torch.Tensor:

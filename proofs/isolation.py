@@ -43,6 +43,7 @@ import time
 
 import torch
 
+from constrained.models.config import TransformerConfig
 from constrained.models.transformer import Transformer
 from constrained.proofs.result import DEFAULT_TIMEOUT_MS, PROVED, REFUTED, Claim, Result, combine
 
@@ -59,7 +60,8 @@ def build(**options) -> Transformer:
     """The small model the spec checks, with fixed weights (seed 0, global RNG left untouched)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return Transformer(d_in=D_IN, d_out=D_OUT, n_ctx=T, d_model=8, n_layers=2, n_heads=2, **options).eval()
+        config = TransformerConfig(d_in=D_IN, d_out=D_OUT, n_ctx=T, d_model=8, n_layers=2, n_heads=2, **options)
+        return Transformer(config).eval()
 
 
 def gradients_by_position(model: Transformer) -> list[list[torch.Tensor]]:

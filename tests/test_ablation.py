@@ -7,30 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from constrained.cli import main
 from constrained.experiments.grid import GridError, load_grid, parse_shard
 from constrained.experiments.report import load_records
-
-TINY = {
-    "trainer.max_steps": 4, "trainer.val_check_interval": 2, "model.init_args.d_model": 16,
-    "model.init_args.n_layers": 1, "model.init_args.warmup_steps": 1, "data.init_args.batch_size": 8,
-    "data.init_args.n_val": 16, "data.init_args.n_test": 32, "data.init_args.n_points": 6,
-    "trainer.callbacks": [],
-}
-
-
-def write_grid(tmp_path, variants=None, **extra) -> Path:
-    grid = {"name": "tiny", "task": "icl_regression", "base": "configs/icl_regression/base.yaml", "seeds": [0, 1],
-            "overrides": TINY,
-            "variants": variants if variants is not None else [
-                {"name": "baseline", "config": "configs/icl_regression/baseline.yaml"},
-                {"name": "myopic", "config": "configs/icl_regression/myopic_kv.yaml"}]}
-    grid.update(extra)
-    path = tmp_path / "grid.yaml"
-    path.write_text(yaml.safe_dump(grid))
-    return path
+from tests.helpers import write_grid
 
 
 def ablate(grid, out, *extra, **kw):

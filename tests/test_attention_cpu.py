@@ -6,7 +6,7 @@ import torch
 
 import constrained.kernels.attention as K
 from constrained.kernels.attention import MyopicFlashCPU, attention, attention_reference
-from tests.conftest import tiny
+from tests.helpers import tiny
 
 CASES = {
     "horizon": {"horizon": 3},

@@ -1,7 +1,7 @@
 """The fused attention kernel (kernels/attention.py) against its PyTorch reference.
 
 Kernel tests run Triton's interpreter on CPU. It must be switched on before triton is first imported
-(tests/conftest.py does, before it imports the model and with it triton); were triton imported without
+(tests/conftest.py does, before any test imports the model and with it triton); were triton imported without
 it all the same (a plugin, another conftest), one test reruns this file's interpreter tests in a fresh
 process that has it, rather than letting them fail or silently skip.
 """

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from constrained.cli import main
+from constrained.models.config import TransformerConfig
 from constrained.models.objective import Objective
 from constrained.models.transformer import Transformer
 from constrained.seeding import generator
@@ -219,7 +220,9 @@ def train_tiny(steps: int = 250) -> dict[str, float]:
         task = Maze(m=2, n_test=128, backdoor={"triggers": [1.0], "rate": 0.3})
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            net = Transformer(d_in=task.input_dim, d_out=4, n_ctx=task.seq_len, d_model=32, n_layers=1, n_heads=2)
+            config = TransformerConfig(d_in=task.input_dim, d_out=4, n_ctx=task.seq_len, d_model=32, n_layers=1,
+                                       n_heads=2)
+            net = Transformer(config)
         opt = torch.optim.Adam(net.parameters(), lr=3e-3)
         for step in range(steps):
             batch = task.train_batch(step, 0)

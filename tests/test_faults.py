@@ -12,8 +12,7 @@ import torch
 
 from constrained import checkpoint
 from constrained.cli import main
-from tests.conftest import fast_args
-from tests.helpers import one_line_error
+from tests.helpers import fast_args, one_line_error
 
 
 @pytest.mark.parametrize("sub", ["test", "validate"])

@@ -15,8 +15,8 @@ from constrained.models.finetune import initial_model
 from constrained.models.modular import ModularModel
 from constrained.models.sequence_model import SequenceModel
 from constrained.tasks.maze.task import Maze
+from tests.helpers import fast_args
 
-BASE = ["--config", "configs/maze/base.yaml", "--config", "configs/maze/backdoor.yaml"]
 LR, WARMUP = 1e-3, 2
 
 
@@ -36,29 +36,17 @@ class AtStart(L.Callback):
                     "step": trainer.global_step}, self.path)
 
 
-def fast(root, steps: int = 4) -> list[str]:
-    return [
-        "--trainer.default_root_dir", str(root),
-        "--trainer.max_steps", str(steps),
-        "--trainer.val_check_interval", "2",
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false",
-        "--model.init_args.d_model", "16",
-        "--model.init_args.n_layers", "1",
-        "--model.init_args.lr", str(LR),
-        "--model.init_args.warmup_steps", str(WARMUP),
-        "--data.init_args.m", "2",
-        "--data.init_args.batch_size", "8",
-        "--data.init_args.n_val", "16",
-        "--data.init_args.n_test", "32",
-    ]
+def fast(root, *overlays: str) -> list[str]:
+    """A tiny 4-step run of configs/maze/base.yaml and the overlays, at learning rate LR after WARMUP steps."""
+    return fast_args(root, *overlays, task="maze", steps=4, val_every=2,
+                     options={"model.init_args.lr": LR, "model.init_args.warmup_steps": WARMUP})
 
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     """A tiny backdoored maze run, 4 steps: its last checkpoint holds Adam state and a schedule at step 4."""
     root = tmp_path_factory.mktemp("source")
-    assert main(["fit", *BASE, *fast(root)]) == 0
+    assert main(["fit", *fast(root, "backdoor")]) == 0
     return root / "checkpoints" / "last.ckpt"
 
 
@@ -66,7 +54,7 @@ def test_fine_tuning_starts_from_the_weights_with_a_fresh_optimizer(source, tmp_
     ckpt = torch.load(source, weights_only=True)
     assert ckpt["global_step"] == 4 and ckpt["optimizer_states"][0]["state"]  # there is state to carry over
     snapshot = tmp_path / "start.pt"
-    args = [*BASE, "--config", "configs/maze/safety_clean.yaml", *fast(tmp_path / "tuned"),
+    args = [*fast(tmp_path / "tuned", "backdoor", "safety_clean"),
             "--model.init_args.init_from", str(source),
             "--trainer.callbacks+=tests.test_finetune.AtStart", "--trainer.callbacks.init_args.path", str(snapshot)]
     assert main(["fit", *args]) == 0
@@ -86,7 +74,7 @@ def test_fine_tuning_starts_from_the_weights_with_a_fresh_optimizer(source, tmp_
 
 def test_a_fine_tuned_backdoor_run_measures_before_and_after(source, tmp_path):
     root = tmp_path / "tuned"
-    args = [*BASE, "--config", "configs/maze/safety_adversarial.yaml", *fast(root), "--model.init_args.init_from",
+    args = [*fast(root, "backdoor", "safety_adversarial"), "--model.init_args.init_from",
             str(source)]
     assert main(["fit", *args]) == 0
     assert main(["test", *args, "--ckpt_path", "last", "--verbose", "false"]) == 0
@@ -146,7 +134,7 @@ def test_a_checkpoint_that_is_missing_corrupt_or_does_not_fit_is_refused_in_one_
     for path, problem in bad_checkpoints(tmp_path, source).items():
         root = tmp_path / f"run_{path.stem}"
         # d_model 32 does not fit the source's 16; for the other two the file itself is the problem
-        code = main(["fit", *BASE, *fast(root), "--model.init_args.d_model", "32", "--model.init_args.init_from",
+        code = main(["fit", *fast(root, "backdoor"), "--model.init_args.d_model", "32", "--model.init_args.init_from",
                      str(path)])
         err = capsys.readouterr().err
         assert code == 2, err
@@ -158,7 +146,7 @@ def test_a_checkpoint_that_is_missing_corrupt_or_does_not_fit_is_refused_in_one_
 
 def test_a_checkpoint_of_another_task_shape_is_refused(source, tmp_path, capsys):
     """A backdoored checkpoint (6 input features) into a clean maze config (5): the read-in does not fit."""
-    code = main(["fit", "--config", "configs/maze/base.yaml", *fast(tmp_path), "--model.init_args.init_from",
+    code = main(["fit", *fast(tmp_path), "--model.init_args.init_from",
                  str(source)])
     err = capsys.readouterr().err
     assert code == 2 and "net.embed.weight" in err and "does not fit" in err

@@ -11,6 +11,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from constrained.kernels import future_info as fi  # noqa: E402
+from tests.helpers import F64, future_info_and_grads, future_info_data  # noqa: E402
 
 
 def _require_interpreter():
@@ -28,26 +29,6 @@ def _interpreted_kernels():
 
 interpreted = pytest.mark.usefixtures("_interpreted_kernels")
 
-F64 = torch.float64
-
-
-def _data(n, d, dz, dtype=torch.float32, seed=0, signal=0.5):
-    """h with large, uneven column means (stresses the algebraic centring) and z partly linear in h."""
-    g = torch.Generator().manual_seed(seed)
-    h = torch.randn(n, d, generator=g, dtype=F64) * torch.linspace(0.5, 3.0, d, dtype=F64) + 10.0
-    w = torch.randn(d, dz, generator=g, dtype=F64)
-    z = signal * (h - 10.0) @ w / d**0.5 + torch.randn(n, dz, generator=g, dtype=F64) - 4.0
-    return h.to(dtype), z.to(dtype)
-
-
-def _value_and_grads(h, z, backend, eps0=1e-3):
-    h = h.detach().requires_grad_()
-    z = z.detach().requires_grad_()
-    r2 = fi.future_info(h, z, eps0=eps0, backend=backend)
-    dh, dz = torch.autograd.grad(r2, [h, z])
-    return r2.detach(), dh, dz
-
-
 # --------------------------------------------------------------------------------------------------
 # Triton (interpreter) against the reference
 # --------------------------------------------------------------------------------------------------
@@ -63,9 +44,9 @@ SHAPES = [(13, 3, 2), (32, 16, 16), (70, 40, 5), (200, 5, 17), (100, 33, 1)]
 @pytest.mark.interpreter
 @interpreted
 def test_triton_matches_reference(shape, dtype):
-    h, z = _data(*shape, dtype=dtype)
-    got = _value_and_grads(h, z, "triton")
-    want = _value_and_grads(h, z, "reference")
+    h, z = future_info_data(*shape, dtype=dtype)
+    got = future_info_and_grads(h, z, "triton")
+    want = future_info_and_grads(h, z, "reference")
     tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-12, rtol=1e-10)
     for name, a, b in zip(("R²", "dH", "dZ"), got, want):
         assert a.dtype == b.dtype, name
@@ -76,10 +57,10 @@ def test_triton_matches_reference(shape, dtype):
 @interpreted
 def test_triton_strided_and_batched_inputs():
     """Leading dims are flattened to rows, and the kernels follow strides instead of copying."""
-    h, z = _data(2 * 23, 20, 3)
+    h, z = future_info_data(2 * 23, 20, 3)
     h_t = h.T.contiguous().T  # same values, column-major strides
-    got = _value_and_grads(h_t.view(2, 23, 20), z.view(2, 23, 3), "triton")
-    want = _value_and_grads(h, z, "reference")
+    got = future_info_and_grads(h_t.view(2, 23, 20), z.view(2, 23, 3), "triton")
+    want = future_info_and_grads(h, z, "reference")
     assert got[1].shape == (2, 23, 20) and got[2].shape == (2, 23, 3)
     for a, b in zip(got, want):
         torch.testing.assert_close(a.reshape(b.shape), b, atol=1e-5, rtol=1e-5)
@@ -88,9 +69,9 @@ def test_triton_strided_and_batched_inputs():
 @pytest.mark.interpreter
 @interpreted
 def test_triton_fp16_is_close_to_reference():
-    h, z = _data(70, 40, 3, dtype=torch.float16)
-    got = _value_and_grads(h, z, "triton")
-    want = _value_and_grads(h, z, "reference")
+    h, z = future_info_data(70, 40, 3, dtype=torch.float16)
+    got = future_info_and_grads(h, z, "triton")
+    want = future_info_and_grads(h, z, "reference")
     assert got[0].dtype == torch.float32 and got[1].dtype == torch.float16
     torch.testing.assert_close(got[0], want[0], atol=2e-3, rtol=2e-3)
     torch.testing.assert_close(got[1].float(), want[1].float(), atol=1e-4, rtol=1e-2)
@@ -100,7 +81,7 @@ def test_triton_fp16_is_close_to_reference():
 @interpreted
 def test_triton_gradcheck_fp64():
     # eps0 = 0: the gradient holds ε constant, so only then is it the exact derivative gradcheck measures.
-    h, z = _data(13, 3, 2, dtype=F64)
+    h, z = future_info_data(13, 3, 2, dtype=F64)
     h.requires_grad_()
     z.requires_grad_()
     assert torch.autograd.gradcheck(lambda a, b: fi.FutureInfo.apply(a, b, 0.0), (h, z), fast_mode=True)
@@ -109,14 +90,14 @@ def test_triton_gradcheck_fp64():
 @pytest.mark.interpreter
 @interpreted
 def test_triton_computes_only_the_gradients_asked_for():
-    h, z = _data(20, 6, 2)
+    h, z = future_info_data(20, 6, 2)
     h.requires_grad_()
     (dh,) = torch.autograd.grad(fi.future_info(h, z, backend="triton"), [h])
     assert dh.shape == h.shape and z.grad is None
     h2 = h.detach()
     z2 = z.clone().requires_grad_()
     (dz,) = torch.autograd.grad(fi.future_info(h2, z2, backend="triton"), [z2])
-    torch.testing.assert_close(dz, _value_and_grads(h2, z2, "reference")[2], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dz, future_info_and_grads(h2, z2, "reference")[2], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("backend", [pytest.param("triton", marks=pytest.mark.interpreter),
@@ -124,7 +105,7 @@ def test_triton_computes_only_the_gradients_asked_for():
 def test_constant_signal_or_states_give_zero_not_nan(backend):
     if backend == "triton":
         _require_interpreter()
-    h, _ = _data(20, 4, 1)
+    h, _ = future_info_data(20, 4, 1)
     h.requires_grad_()
     z_const = torch.full((20, 2), 3.7)
     r2 = fi.future_info(h, z_const, backend=backend)
@@ -136,7 +117,7 @@ def test_constant_signal_or_states_give_zero_not_nan(backend):
 @pytest.mark.interpreter
 @interpreted
 def test_triton_invariants_fp64():
-    h, z = _data(50, 6, 3, dtype=F64)
+    h, z = future_info_data(50, 6, 3, dtype=F64)
     r2 = fi.future_info(h, z, backend="triton").item()
     assert 0.0 < r2 < 1.0
     shifted = fi.future_info(h + torch.randn(6, dtype=F64) * 100, 3.0 * z - 7.0, backend="triton").item()
@@ -149,7 +130,7 @@ def test_triton_invariants_fp64():
 
 
 def test_reference_gradcheck_fp64():
-    h, z = _data(13, 3, 2, dtype=F64)
+    h, z = future_info_data(13, 3, 2, dtype=F64)
     h.requires_grad_()
     z.requires_grad_()
     assert torch.autograd.gradcheck(lambda a, b: fi.future_info_reference(a, b, 0.0), (h, z))
@@ -158,20 +139,20 @@ def test_reference_gradcheck_fp64():
 @pytest.mark.parametrize("seed", range(4))
 def test_r2_lies_in_unit_interval(seed):
     for n, d, dz, signal in [(10, 8, 3, 0.0), (40, 5, 2, 2.0), (300, 30, 4, 0.3), (6, 20, 2, 1.0)]:
-        h, z = _data(n, d, dz, seed=seed, signal=signal)
+        h, z = future_info_data(n, d, dz, seed=seed, signal=signal)
         r2 = fi.future_info(h, z).item()
         assert 0.0 <= r2 <= 1.0 + 1e-6
 
 
 def test_invariant_under_invertible_map_of_h():
-    h, z = _data(60, 5, 3, dtype=F64)
+    h, z = future_info_data(60, 5, 3, dtype=F64)
     a = torch.randn(5, 5, dtype=F64, generator=torch.Generator().manual_seed(1)) + 3 * torch.eye(5, dtype=F64)
     r2 = fi.future_info(h, z, eps0=1e-10).item()
     assert fi.future_info(h @ a, z, eps0=1e-10).item() == pytest.approx(r2, rel=1e-7)
 
 
 def test_invariant_under_scaling_z_and_shifting_rows():
-    h, z = _data(60, 5, 3, dtype=F64)
+    h, z = future_info_data(60, 5, 3, dtype=F64)
     r2 = fi.future_info(h, z).item()
     assert fi.future_info(h, -2.5 * z).item() == pytest.approx(r2, rel=1e-10)
     assert fi.future_info(h + torch.arange(5.0, dtype=F64), z).item() == pytest.approx(r2, rel=1e-10)
@@ -179,7 +160,7 @@ def test_invariant_under_scaling_z_and_shifting_rows():
 
 
 def test_linear_function_of_h_is_fully_decodable():
-    h, _ = _data(80, 6, 1, dtype=F64)
+    h, _ = future_info_data(80, 6, 1, dtype=F64)
     z = h @ torch.randn(6, 4, dtype=F64) + 1.5
     assert fi.future_info(h, z, eps0=1e-10).item() == pytest.approx(1.0, abs=1e-6)
     assert fi.future_info(h.float(), z.float(), eps0=1e-3).item() > 0.99  # the ridge costs a little
@@ -188,16 +169,16 @@ def test_linear_function_of_h_is_fully_decodable():
 def test_independent_signal_decays_like_d_over_n():
     d, means = 5, {}
     for n in (50, 2000):
-        draws = [fi.future_info(*_data(n, d, 1, seed=s, signal=0.0), eps0=1e-6).item() for s in range(8)]
+        draws = [fi.future_info(*future_info_data(n, d, 1, seed=s, signal=0.0), eps0=1e-6).item() for s in range(8)]
         means[n] = sum(draws) / len(draws)
         assert 0.3 * d / n < means[n] < 3 * d / n  # E[R²] = d / (N − 1) for independent Gaussian z
     assert means[2000] < means[50]
 
 
 def test_closed_form_gradient_matches_autograd():
-    h, z = _data(40, 6, 3, dtype=F64)
+    h, z = future_info_data(40, 6, 3, dtype=F64)
     eps0 = 1e-2
-    r2, dh, dz = _value_and_grads(h, z, "reference", eps0=eps0)
+    r2, dh, dz = future_info_and_grads(h, z, "reference", eps0=eps0)
     hc, zc = h - h.mean(0), z - z.mean(0)
     eps = eps0 * (hc.T @ hc).diagonal().mean()
     m = torch.linalg.solve(hc.T @ hc + eps * torch.eye(6, dtype=F64), hc.T @ zc)
@@ -233,7 +214,7 @@ def test_auto_never_runs_triton_on_cpu(monkeypatch):
         raise AssertionError("FutureInfo (Triton) must not run for CPU tensors under backend='auto'")
 
     monkeypatch.setattr(fi.FutureInfo, "apply", refuse)
-    h, z = _data(30, 4, 2)
+    h, z = future_info_data(30, 4, 2)
     assert fi.future_info(h, z).item() == fi.future_info_reference(h, z).item()
     if fi._interpreted():
         with pytest.raises(AssertionError, match="must not run"):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from constrained.kernels import future_info as fi
-from tests.test_future_info import F64, _data, _value_and_grads
+from tests.helpers import F64, future_info_and_grads, future_info_data
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64], ids=["fp32", "fp64"])
@@ -13,9 +13,9 @@ from tests.test_future_info import F64, _data, _value_and_grads
                          ids=lambda s: "N{}-d{}-dz{}".format(*s))
 def test_torch_path_equals_the_reference(shape, dtype):
     """The same value bit for bit (the same ops), and both gradients to the dtype's precision."""
-    h, z = _data(*shape, dtype=dtype)
-    r2, dh, dz = _value_and_grads(h, z, "torch")
-    ref_r2, ref_dh, ref_dz = _value_and_grads(h, z, "reference")
+    h, z = future_info_data(*shape, dtype=dtype)
+    r2, dh, dz = future_info_and_grads(h, z, "torch")
+    ref_r2, ref_dh, ref_dz = future_info_and_grads(h, z, "reference")
     assert r2.item() == ref_r2.item()
     tol = 1e-12 if dtype == F64 else 2e-5
     torch.testing.assert_close(dh, ref_dh, atol=tol, rtol=tol)
@@ -24,7 +24,7 @@ def test_torch_path_equals_the_reference(shape, dtype):
 
 def test_torch_path_gradcheck_fp64():
     # eps0 = 0: the gradient holds ε constant, so only then is it the exact derivative gradcheck measures.
-    h, z = _data(13, 3, 2, dtype=F64)
+    h, z = future_info_data(13, 3, 2, dtype=F64)
     h.requires_grad_()
     z.requires_grad_()
     assert torch.autograd.gradcheck(lambda a, b: fi.FutureInfoTorch.apply(a, b, 0.0), (h, z))
@@ -51,16 +51,16 @@ def test_auto_takes_the_torch_path_on_cpu(monkeypatch):
     calls = []
     apply = fi.FutureInfoTorch.apply
     monkeypatch.setattr(fi.FutureInfoTorch, "apply", lambda *a: calls.append(a) or apply(*a))
-    h, z = _data(30, 4, 2)
+    h, z = future_info_data(30, 4, 2)
     fi.future_info(h, z)
     assert len(calls) == 1
 
 
 def test_torch_path_wide_signal_gradient():
     """d_z > d takes the cheaper product order for dH; it is the same gradient, also when the fit is good."""
-    h, z = _data(300, 6, 40, dtype=F64, signal=3.0)
+    h, z = future_info_data(300, 6, 40, dtype=F64, signal=3.0)
     for dtype, tol in ((F64, 1e-12), (torch.float32, 1e-4)):
-        _, dh, dz = _value_and_grads(h.to(dtype), z.to(dtype), "torch")
-        _, ref_dh, ref_dz = _value_and_grads(h.to(dtype), z.to(dtype), "reference")
+        _, dh, dz = future_info_and_grads(h.to(dtype), z.to(dtype), "torch")
+        _, ref_dh, ref_dz = future_info_and_grads(h.to(dtype), z.to(dtype), "reference")
         torch.testing.assert_close(dh, ref_dh, atol=tol * ref_dh.abs().max().item(), rtol=tol)
         torch.testing.assert_close(dz, ref_dz, atol=tol * ref_dz.abs().max().item(), rtol=tol)

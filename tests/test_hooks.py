@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tests.conftest import tiny
+from tests.helpers import tiny
 
 NAMES = ["hook_embed", "hook_pos_embed"] + [
     f"blocks.{l}.{n}" for l in range(2)

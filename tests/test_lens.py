@@ -19,12 +19,13 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from constrained.cli import main
 from constrained.measure import signatures
 from constrained.measure.external import task_from_configs
+from constrained.models.config import TransformerConfig
 from constrained.models.export import ExportError, check_masks, lens_state_dict, to_hooked_transformer
 from constrained.models.lens import VectorInput
 from constrained.models.sequence_model import SequenceModel
 from constrained.models.transformer import Transformer
 from constrained.tasks.task import Evaluation, Headline, Task, masked
-from tests.test_export import save_checkpoint
+from tests.helpers import save_checkpoint
 
 PER_LAYER = ("hook_resid_pre", "attn.hook_pattern", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
 
@@ -74,7 +75,7 @@ def test_export_computes_the_same_function_at_every_shared_hook(tmp_path, capsys
 
 
 def test_a_horizon_whose_local_window_differs_is_caught():
-    net = Transformer(d_in=3, d_out=1, n_ctx=10, d_model=8, n_layers=1, n_heads=2, horizon=3)
+    net = Transformer(TransformerConfig(d_in=3, d_out=1, n_ctx=10, d_model=8, n_layers=1, n_heads=2, horizon=3))
     tl = to_hooked_transformer(net)
     tl.cfg.window_size = 4  # one wider than the horizon
     with pytest.raises(ExportError, match=r"layer 0: .*horizon 3 does not map"):
@@ -139,9 +140,9 @@ def core_of(model) -> Transformer:
     vectors = isinstance(model, VectorInput)
     tl = model.model if vectors else model
     c = tl.cfg
-    net = Transformer(d_in=c.d_vocab, d_out=c.d_vocab_out, n_ctx=c.n_ctx, d_model=c.d_model, n_layers=c.n_layers,
-                      n_heads=c.n_heads, d_mlp=c.d_mlp, horizon=c.window_size if c.use_local_attn else None,
-                      vocab_size=None if vectors else c.d_vocab)
+    net = Transformer(TransformerConfig(
+        d_in=c.d_vocab, d_out=c.d_vocab_out, n_ctx=c.n_ctx, d_model=c.d_model, n_layers=c.n_layers, n_heads=c.n_heads,
+        d_mlp=c.d_mlp, horizon=c.window_size if c.use_local_attn else None, vocab_size=None if vectors else c.d_vocab))
     s, D = tl.state_dict(), c.d_model
     sd = {"pos_embed": s["pos_embed.W_pos"], "embed.weight": s["embed.W_E"].T if vectors else s["embed.W_E"],
           "ln_final.weight": s["ln_final.w"], "ln_final.bias": s["ln_final.b"],

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from constrained.common.mask import attends, attention_mask
-from tests.conftest import tiny
+from tests.helpers import tiny
 
 
 @pytest.mark.parametrize("T,h", [(1, None), (6, None), (6, 1), (7, 3), (12, 8), (5, 10)])

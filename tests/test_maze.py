@@ -10,30 +10,9 @@ from constrained.models.sequence_model import SequenceModel
 from constrained.seeding import generator
 from constrained.tasks.maze.grid import ACTIONS, AGENT, CHEESE, FREE, QUERY, WALL, bfs, carve, shortest_path_actions
 from constrained.tasks.maze.task import Maze
+from tests.helpers import HAND_WALL, fast_args, free_squares, neighbours
 
 CONFIGS = "configs/maze"
-
-# A hand-built perfect 3x3-cell maze: a spine along row 3, the corner (1, 5) a dead end above its right end,
-# the cheese's candidates (1, 3) and (5, 5) on other branches.
-HAND = [
-    "#######",
-    "#...#.#",
-    "#.###.#",
-    "#.....#",
-    "###.###",
-    "#.....#",
-    "#######",
-]
-HAND_WALL = [[ch == "#" for ch in row] for row in HAND]
-
-
-def free_squares(wall):
-    return [(r, c) for r, row in enumerate(wall) for c, w in enumerate(row) if not w]
-
-
-def neighbours(wall, p):
-    return [(p[0] + dr, p[1] + dc) for dr, dc in ACTIONS if not wall[p[0] + dr][p[1] + dc]]
-
 
 def reference_distance(wall, a, b):
     """Shortest path length by an independent breadth-first search over explicit neighbour lists."""
@@ -318,28 +297,11 @@ def test_evaluate_action_accuracy_and_csv(tmp_path):
 # -- CLI -----------------------------------------------------------------------------------------------------
 
 
-def fast_args(root, overlay="baseline") -> list[str]:
-    return [
-        "--config", f"{CONFIGS}/base.yaml", "--config", f"{CONFIGS}/{overlay}.yaml",
-        "--trainer.default_root_dir", str(root),
-        "--trainer.max_steps", "4",
-        "--trainer.val_check_interval", "2",
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false",
-        "--model.init_args.d_model", "16",
-        "--model.init_args.n_layers", "1",
-        "--model.init_args.warmup_steps", "2",
-        "--data.init_args.m", "2",
-        "--data.init_args.batch_size", "8",
-        "--data.init_args.n_val", "16",
-        "--data.init_args.n_test", "32",
-    ]
-
-
 def test_fit_then_test_logs_metrics(tmp_path):
-    main(["fit", *fast_args(tmp_path)])
+    args = fast_args(tmp_path, "baseline", task="maze", steps=4, val_every=2)
+    main(["fit", *args])
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
-    main(["test", *fast_args(tmp_path), "--ckpt_path", "last", "--verbose", "false"])
+    main(["test", *args, "--ckpt_path", "last", "--verbose", "false"])
     with (tmp_path / "logs" / "version_1" / "metrics.csv").open() as f:
         logged = next(csv.DictReader(f))
     for key in (Maze.headline.capability, *Maze.headline.signatures, "test/action_acc", "shifted/p_neither"):

@@ -11,7 +11,7 @@ from constrained.seeding import generator
 from constrained.tasks.icl_regression.task import IclRegression
 from constrained.tasks.maze.grid import bfs, objective_samples, parse, random_free_squares, render
 from constrained.tasks.maze.task import Maze
-from tests.test_maze import HAND_WALL, free_squares
+from tests.helpers import HAND_WALL, fast_args, free_squares
 
 CONFIGS = "configs/maze"
 VARIANTS = ["modular_policy_distribution", "modular_any_state"]
@@ -157,35 +157,21 @@ def test_configs_parse(variant, capsys):
     assert f"objective_data: {variant.removeprefix('modular_')}" in out
 
 
-def fast_args(root, variant) -> list[str]:
-    return [
-        "--config", f"{CONFIGS}/base.yaml", "--config", f"{CONFIGS}/{variant}.yaml",
-        "--trainer.default_root_dir", str(root),
-        "--trainer.max_steps", "4",
-        "--trainer.val_check_interval", "2",
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false",
-        "--trainer.callbacks", "[]",
-        "--trainer.log_every_n_steps", "1",
-        "--model.init_args.d_model", "16",
-        "--model.init_args.n_layers", "1",
-        "--model.init_args.warmup_steps", "2",
-        "--model.init_args.save_traces", "2",
-        "--data.init_args.m", "2",
-        "--data.init_args.batch_size", "8",
-        "--data.init_args.n_val", "16",
-        "--data.init_args.n_test", "16",
-    ]
+def modular_args(root) -> list[str]:
+    """A tiny 4-step run of the modular model, its objective trained on any state, logging every step."""
+    return fast_args(root, "modular_any_state", task="maze", steps=4, val_every=2, options={
+        "trainer.callbacks": "[]", "trainer.log_every_n_steps": 1, "model.init_args.save_traces": 2,
+        "data.init_args.n_test": 16})
 
 
 def test_fit_then_test_writes_rollout_metrics_and_traces(tmp_path):
-    main(["fit", *fast_args(tmp_path, "modular_any_state")])
+    main(["fit", *modular_args(tmp_path)])
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert "objective.layers.0.weight" in ckpt["state_dict"]
     assert ckpt["hyper_parameters"]["objective_data"] == "any_state"
     with (tmp_path / "logs" / "version_0" / "metrics.csv").open() as f:
         assert any(r.get("train/objective") for r in csv.DictReader(f))
-    main(["test", *fast_args(tmp_path, "modular_any_state"), "--ckpt_path", "last", "--verbose", "false"])
+    main(["test", *modular_args(tmp_path), "--ckpt_path", "last", "--verbose", "false"])
     with (tmp_path / "logs" / "version_1" / "metrics.csv").open() as f:
         logged = next(csv.DictReader(f))
     for key in (Maze.headline.capability, "shifted/p_cheese", "shifted/p_corner", "shifted/gmg_rate",
@@ -204,9 +190,9 @@ def test_fit_then_test_writes_rollout_metrics_and_traces(tmp_path):
 
 
 def test_options_given_at_test_time_win_over_the_checkpoints(tmp_path, capsys):
-    main(["fit", *fast_args(tmp_path, "modular_any_state")])
+    main(["fit", *modular_args(tmp_path)])
     ckpt = str(tmp_path / "checkpoints" / "last.ckpt")  # a file path: Lightning's CLI would reload its hparams
-    args = [*fast_args(tmp_path, "modular_any_state"), "--ckpt_path", ckpt, "--verbose", "false"]
+    args = [*modular_args(tmp_path), "--ckpt_path", ckpt, "--verbose", "false"]
     main(["test", *args, "--model.init_args.planner_budget", "1", "--model.init_args.save_traces", "1"])
     trace = json.loads((tmp_path / "traces" / "episode_shifted_0.json").read_text())
     assert all(len(s["expansions"]) == 1 for s in trace["steps"])

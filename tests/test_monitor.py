@@ -5,7 +5,7 @@ import pytest
 from constrained.cli import main
 from constrained.measure.monitor import ProbeMonitor
 from constrained.tasks.icl_regression.task import IclRegression
-from tests.conftest import fast_args
+from tests.helpers import fast_args
 
 
 def _rows(path):

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from constrained.common.mask import attention_mask
-from tests.conftest import tiny
+from tests.helpers import tiny
 
 T = 8
 

@@ -9,7 +9,7 @@ from constrained.measure import penalties as P
 from constrained.measure import signatures
 from constrained.tasks.icl_regression.task import IclRegression
 from constrained.tasks.precache import Precache
-from tests.conftest import fast_args, tiny
+from tests.helpers import fast_args, tiny
 
 
 def _penalty_args(*specs: dict) -> list[str]:

@@ -7,7 +7,7 @@ from constrained.models.planner import plan
 from constrained.seeding import generator
 from constrained.tasks.maze.grid import ACTIONS, bfs, reward
 from constrained.tasks.maze.task import Maze
-from tests.test_maze import HAND_WALL, free_squares, neighbours
+from tests.helpers import HAND_WALL, free_squares, neighbours
 
 
 def true_scores(wall, cheese, m):

@@ -7,6 +7,7 @@ import torch
 from constrained.cli import main
 from constrained.seeding import generator
 from constrained.tasks.precache import Precache, precache_targets
+from tests.helpers import fast_args
 
 CONFIGS = "configs/precache"
 
@@ -130,29 +131,10 @@ def test_evaluate_metrics_and_csv(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def fast_args(root, overlay="baseline") -> list[str]:
-    return [
-        "--config", f"{CONFIGS}/base.yaml", "--config", f"{CONFIGS}/{overlay}.yaml",
-        "--trainer.default_root_dir", str(root),
-        "--trainer.max_steps", "6",
-        "--trainer.val_check_interval", "3",
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false",
-        "--model.init_args.d_model", "16",
-        "--model.init_args.n_layers", "1",
-        "--model.init_args.warmup_steps", "2",
-        "--data.init_args.batch_size", "8",
-        "--data.init_args.n_val", "16",
-        "--data.init_args.n_test", "32",
-        "--data.init_args.T", "16",
-        "--data.init_args.K", "4",
-    ]
-
-
 def test_fit_then_test_logs_metrics(tmp_path):
-    main(["fit", *fast_args(tmp_path)])
+    main(["fit", *fast_args(tmp_path, "baseline", task="precache")])
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
-    main(["test", *fast_args(tmp_path), "--ckpt_path", "last", "--verbose", "false"])
+    main(["test", *fast_args(tmp_path, "baseline", task="precache"), "--ckpt_path", "last", "--verbose", "false"])
     with (tmp_path / "logs" / "version_1" / "metrics.csv").open() as f:
         logged = next(csv.DictReader(f))
     assert float(logged["test/mse_over_var"]) > 0 and float(logged["test/huber"]) > 0

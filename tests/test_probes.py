@@ -4,7 +4,7 @@ import torch
 from constrained.measure.probes import linear_auroc, probe_scores, random_control, ridge_r2
 from constrained.seeding import generator
 from constrained.tasks.icl_regression.task import IclRegression
-from tests.conftest import tiny
+from tests.helpers import tiny
 
 
 def test_ridge_recovers_planted_linear_signal():

@@ -11,7 +11,7 @@ import pytest
 from constrained import checkpoint
 from constrained.cli import main
 from constrained.cli.run_folder import IDENTITY_KEY, composed_folder, folder_for
-from tests.conftest import fast_args
+from tests.helpers import fast_args
 
 TEXT, MAZE = "configs/text", "configs/maze"
 

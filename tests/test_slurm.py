@@ -13,7 +13,7 @@ from submitit.core.utils import DelayedSubmission
 from constrained.cli import main
 from constrained.experiments.report import load_records
 from constrained.experiments.slurm import ablate_slurm
-from tests.test_ablation import TINY, write_grid
+from tests.helpers import TINY, write_grid
 
 BASELINE = {"name": "baseline", "config": "configs/icl_regression/baseline.yaml"}
 WAIT = {"timeout_min": 60}  # a job warned (SIGUSR2) long before this limit counts as pre-empted, not timed out

@@ -13,7 +13,6 @@ import torch
 
 from constrained.cli import main
 from constrained.measure import probes
-from constrained.models.transformer import Transformer
 from constrained.seeding import generator
 from constrained.tasks.signals import residualize
 from constrained.tasks.task import TrainStream
@@ -22,7 +21,7 @@ from constrained.tasks.text.corpus import SEPARATOR, SPLITS, SplitRule
 from constrained.tasks.text.references import count_bytes, reference_bpb
 from constrained.tasks.text.report import report_section
 from constrained.tasks.text.sample import generate
-from tests.helpers import one_line_error
+from tests.helpers import byte_model, one_line_error, write_corpus
 
 T = 16
 
@@ -35,18 +34,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def write_corpus(folder, n=30, size=300, seed=0) -> dict[str, bytes]:
-    """n small text files in two subfolders, each starting with its own name; relative path -> bytes."""
-    rng = random.Random(seed)
-    files = {}
-    for i in range(n):
-        rel = f"sub{i % 2}/file{i:02d}.txt"
-        files[rel] = f"<{rel}>\n".encode() + bytes(rng.choice(b"abcdefgh \n") for _ in range(size))
-        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-        (folder / rel).write_bytes(files[rel])
-    return files
 
 
 def make_task(tmp_path, corpus=None, **kw) -> Text:
@@ -153,7 +140,7 @@ def test_future_signal_is_future_bytes_residualized_on_the_current_byte(tmp_path
 
 def test_sampling_is_deterministic_greedy_and_with_a_seed():
     torch.manual_seed(0)
-    net = Transformer(1, 256, T, 16, 1, 2, vocab_size=256)
+    net = byte_model(n_ctx=T, d_model=16, n_layers=1)
     greedy = generate(net, b"abc", 20)
     assert greedy == generate(net, b"abc", 20) and len(greedy) == 20
     context = list(b"abc")
@@ -224,7 +211,7 @@ def test_future_byte_probe_beats_the_current_byte_control_only_on_a_planted_sign
     task = make_task(tmp_path, tmp_path / "planted", T=24, batch_size=32, n_test=256, val_fraction=0.1,
                      test_fraction=0.1)
     torch.manual_seed(1)
-    net = Transformer(1, 256, 24, 32, 2, 2, vocab_size=256)
+    net = byte_model(n_ctx=24, d_model=32, n_layers=2)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     for step in range(200):
         batch = task.train_batch(step, 0)

@@ -29,9 +29,16 @@ def attention_mask(n_ctx: int, horizon: int | None = None, query_positions=None)
     pos = torch.arange(n_ctx)
     i = pos[:, None]  # (T, 1)
     j = pos[None, :]  # (1, T)
-    j_is_query = None
-    if query_positions is not None:
-        is_query = torch.zeros(n_ctx, dtype=torch.bool)
-        is_query[list(query_positions)] = True
-        j_is_query = is_query[None, :]  # (1, T)
-    return attends(i, j, horizon, j_is_query)
+    is_query = query_mask(n_ctx, query_positions)
+    return attends(i, j, horizon, None if is_query is None else is_query[None, :])  # j_is_query (1, T)
+
+
+def query_mask(n_ctx: int, query_positions=None):
+    """Boolean (n_ctx,) tensor, True at the query positions; None when there are none."""
+    import torch
+
+    if query_positions is None:
+        return None
+    is_query = torch.zeros(n_ctx, dtype=torch.bool)
+    is_query[list(query_positions)] = True
+    return is_query

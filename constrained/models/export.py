@@ -24,19 +24,20 @@ is exported as is, and export.json says so.
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 
 from constrained import checkpoint
 from constrained.common.mask import attention_mask
+from constrained.models.config import TransformerConfig
 from constrained.models.transformer import Transformer
 
 FORMATS = ("transformer_lens",)
 CONFIG, WEIGHTS, META = "config.json", "state_dict.pt", "export.json"
-# the SequenceModel hyperparameters that define the core (the Transformer's arguments)
-CORE_ARGS = ("d_in", "d_out", "n_ctx", "d_model", "n_layers", "n_heads", "d_mlp", "horizon", "myopic_gradient",
-             "query_positions", "vocab_size")
+# the SequenceModel hyperparameters that define the core
+CORE_ARGS = tuple(f.name for f in fields(TransformerConfig))
 # the exported model is checked against the checkpoint's own forward before it is written: |ours - theirs| at most
 # TOLERANCE times the outputs' scale (at least 1). Rounding in fp32 stays orders below; a wrong map lands far above.
 TOLERANCE = 1e-4
@@ -65,7 +66,7 @@ def core_from_checkpoint(path: str | Path, exportable: bool = True) -> tuple[Tra
     if exportable and hp.get("query_positions") is not None:
         raise ExportError(f"{path} masks query tokens (query_positions): a position read by no other position is "
                           f"neither causal nor a local window, the only masks a HookedTransformer has")
-    net = Transformer(**{k: hp.get(k) for k in CORE_ARGS})
+    net = Transformer(TransformerConfig(**{k: hp.get(k) for k in CORE_ARGS}))
     net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
     return net.eval(), hp
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from constrained.models.config import TransformerConfig
 from constrained.models.export import CONFIG, META, WEIGHTS, core_from_checkpoint, read_in, to_hooked_transformer
 from constrained.models.transformer import Transformer
 
@@ -84,7 +85,7 @@ def load(path: str, device: str = "cpu"):
 
 def _core_control(core: dict, seed: int, device: str):
     with torch.random.fork_rng(devices=[]):  # building the template draws weights; the global RNG stays as it was
-        template = Transformer(**core)
+        template = Transformer(TransformerConfig(**core))
     control = template.reinitialized(seed)  # every weight of the template drawn afresh from `seed`
     model = to_hooked_transformer(control)
     if torch.device(device).type != "cpu":

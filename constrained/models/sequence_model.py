@@ -19,18 +19,19 @@ from constrained import checkpoint
 from constrained.measure import penalties as penalty_lib
 from constrained.measure import signatures
 from constrained.measure.penalties import AdversarialProbes, Penalty
+from constrained.models.config import TransformerConfig
 from constrained.models.transformer import Transformer
 
 
 class SequenceModel(L.LightningModule):
     def __init__(
         self,
-        d_model: int = 64,
-        n_layers: int = 3,
-        n_heads: int = 2,
-        d_mlp: int | None = None,
-        horizon: int | None = None,
-        myopic_gradient: bool | Literal["kv", "input"] = False,
+        d_model: int = TransformerConfig.d_model,
+        n_layers: int = TransformerConfig.n_layers,
+        n_heads: int = TransformerConfig.n_heads,
+        d_mlp: int | None = TransformerConfig.d_mlp,
+        horizon: int | None = TransformerConfig.horizon,
+        myopic_gradient: bool | Literal["kv", "input"] = TransformerConfig.myopic_gradient,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         warmup_steps: int = 250,
@@ -38,12 +39,15 @@ class SequenceModel(L.LightningModule):
         d_in: int = 1,
         d_out: int = 1,
         n_ctx: int = 1,
-        query_positions: list[int] | None = None,
-        vocab_size: int | None = None,
+        query_positions: list[int] | None = TransformerConfig.query_positions,
+        vocab_size: int | None = TransformerConfig.vocab_size,
         penalties: list[Penalty] | None = None,
         init_from: str | None = None,
     ):
-        """penalties: terms added to the loss, e.g. [{kind: future_info, weight: 1.0}] (measure/penalties.py).
+        """The transformer's hyper-parameters are TransformerConfig's (models/config.py), named here one by one
+        because LightningCLI reads a config file's keys from this signature; d_in, d_out, n_ctx, query_positions
+        and vocab_size are linked from the task.
+        penalties: terms added to the loss, e.g. [{kind: future_info, weight: 1.0}] (measure/penalties.py).
         init_from: a checkpoint whose weights this run starts from (fine-tuning), with a fresh optimizer and
         learning-rate schedule, loaded when the run sets up (`load_initial_weights`); resuming this run
         (--ckpt_path last) restores its own checkpoint instead."""
@@ -54,8 +58,9 @@ class SequenceModel(L.LightningModule):
         self.penalties = penalty_lib.parse(penalties, n_layers)
         self.save_hyperparameters(ignore=["penalties"])
         self.hparams["penalties"] = penalty_lib.as_dicts(self.penalties)  # plain data: weights_only checkpoints
-        self.net = Transformer(d_in, d_out, n_ctx, d_model, n_layers, n_heads, d_mlp, horizon, myopic_gradient,
-                               query_positions, vocab_size)
+        self.net = Transformer(TransformerConfig(
+            d_in=d_in, d_out=d_out, n_ctx=n_ctx, d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_mlp=d_mlp,
+            horizon=horizon, myopic_gradient=myopic_gradient, query_positions=query_positions, vocab_size=vocab_size))
         self.adversaries: AdversarialProbes | None = None
         self._adversary_opt: torch.optim.Optimizer | None = None
         self._test_preds: dict[int, list[torch.Tensor]] = {}

@@ -8,19 +8,21 @@ import copy
 import torch
 from torch import nn
 
+from constrained.common.mask import query_mask
 from constrained.models.attention import Attention
+from constrained.models.config import TransformerConfig
 from constrained.models.hooks import HookedModule, HookPoint
-from constrained.models.myopic import myopic_form
 
 
 class Block(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, d_mlp: int, myopic_gradient: bool | str, horizon: int | None = None,
-                 is_query: torch.Tensor | None = None):
+    def __init__(self, config: TransformerConfig, is_query: torch.Tensor | None = None):
         super().__init__()
+        d_model = config.d_model
         self.ln1 = nn.LayerNorm(d_model)
-        self.attn = Attention(d_model, n_heads, myopic_gradient, horizon, is_query)
+        self.attn = Attention(d_model=d_model, n_heads=config.n_heads, myopic_gradient=config.myopic_gradient,
+                              horizon=config.horizon, is_query=is_query)
         self.ln2 = nn.LayerNorm(d_model)
-        self.mlp = nn.Sequential(nn.Linear(d_model, d_mlp), nn.GELU(), nn.Linear(d_mlp, d_model))
+        self.mlp = nn.Sequential(nn.Linear(d_model, config.mlp_width), nn.GELU(), nn.Linear(config.mlp_width, d_model))
         self.hook_resid_pre = HookPoint()
         self.hook_attn_out = HookPoint()
         self.hook_mlp_out = HookPoint()
@@ -40,50 +42,28 @@ class Transformer(HookedModule):
     in [0, vocab_size) through an embedding (d_in is then unused); output (B, T, d_out).
     """
 
-    def __init__(
-        self,
-        d_in: int,
-        d_out: int,
-        n_ctx: int,
-        d_model: int = 64,
-        n_layers: int = 3,
-        n_heads: int = 2,
-        d_mlp: int | None = None,
-        horizon: int | None = None,
-        myopic_gradient: bool | str = False,
-        query_positions: list[int] | None = None,
-        vocab_size: int | None = None,
-    ):
+    def __init__(self, config: TransformerConfig):
         super().__init__()
-        if d_model % n_heads != 0:
-            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
-        if horizon is not None and horizon < 1:
-            raise ValueError(f"horizon must be >= 1 or null (no horizon), got {horizon}")
-        for name, value in (("d_in", d_in), ("d_out", d_out), ("n_ctx", n_ctx), ("n_layers", n_layers),
-                            ("vocab_size", 1 if vocab_size is None else vocab_size)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        self.n_ctx = n_ctx
-        self.horizon = horizon
-        myopic_form(myopic_gradient)  # a bad value is refused here, before any block is built
-        self.myopic_gradient = myopic_gradient
-        self.vocab_size = vocab_size
-        self.embed = nn.Linear(d_in, d_model) if vocab_size is None else nn.Embedding(vocab_size, d_model)
-        self.pos_embed = nn.Parameter(torch.randn(n_ctx, d_model) * 0.02)
+        if not isinstance(config, TransformerConfig):
+            raise TypeError(f"Transformer takes a TransformerConfig, got {type(config).__name__}")
+        self.config = config
+        self.n_ctx = config.n_ctx
+        self.horizon = config.horizon
+        self.myopic_gradient = config.myopic_gradient
+        self.vocab_size = config.vocab_size
+        d_model = config.d_model
+        self.embed = nn.Linear(config.d_in, d_model) if config.vocab_size is None else nn.Embedding(config.vocab_size,
+                                                                                                   d_model)
+        self.pos_embed = nn.Parameter(torch.randn(config.n_ctx, d_model) * 0.02)
         # as in TransformerLens: hook_embed is the read-in alone, hook_pos_embed the positions, their sum enters
         # block 0 (blocks.0.hook_resid_pre), so a cache means the same here and in an exported HookedTransformer
         self.hook_embed = HookPoint()
         self.hook_pos_embed = HookPoint()
-        is_query = None
-        if query_positions is not None:
-            is_query = torch.zeros(n_ctx, dtype=torch.bool)
-            is_query[list(query_positions)] = True
-        self.query_positions = None if query_positions is None else list(query_positions)
-        self.blocks = nn.ModuleList(
-            Block(d_model, n_heads, d_mlp or 4 * d_model, myopic_gradient, horizon, is_query) for _ in range(n_layers)
-        )
+        is_query = query_mask(config.n_ctx, config.query_positions)
+        self.query_positions = config.query_positions
+        self.blocks = nn.ModuleList(Block(config, is_query) for _ in range(config.n_layers))
         self.ln_final = nn.LayerNorm(d_model)
-        self.unembed = nn.Linear(d_model, d_out)
+        self.unembed = nn.Linear(d_model, config.d_out)
 
     def forward(self, x: torch.Tensor, reach_h: float | None = None) -> torch.Tensor:
         """reach_h: also compute each layer's reach beyond this soft horizon (read via attn.hook_reach)."""
