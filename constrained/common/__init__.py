@@ -1,2 +1,3 @@
 """The ground floor: what several parts compute alike (the attention rule, the closed forms that the kernels and
-the proofs share). It imports nothing of the project, so models, kernels and proofs all build on it."""
+the proofs share, a network held in eval mode while it is measured). It imports nothing of the project, so every
+other part can build on it."""

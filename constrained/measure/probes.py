@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.classification import binary_auroc
 
+from constrained.common.eval_mode import eval_mode
 from constrained.measure.hooked import HookedModel, check_hooks, device_of, n_layers
 from constrained.models import lens
 
@@ -91,21 +92,17 @@ def _hidden_at(net: HookedModel, inputs: torch.Tensor, masks: dict[str, torch.Te
                chunk: int = 256) -> dict[tuple[str, int], torch.Tensor]:
     """Residual stream after each layer at each mask's positions: {(name, layer): (N, d_model)},
     rows in sequence-major order (the order of values[mask])."""
-    was_training = net.training
-    net.eval()
     names = [f"blocks.{l}.hook_resid_post" for l in layers]
     check_hooks(net, names)
     device = device_of(net)
     rows: dict[tuple[str, int], list[torch.Tensor]] = {(n, l): [] for n in masks for l in layers}
-    try:
+    with eval_mode(net):
         for start in range(0, len(inputs), chunk):
             _, cache = net.run_with_cache(inputs[start:start + chunk].to(device), names_filter=names)
             for name, mask in masks.items():
                 m = mask[start:start + chunk].to(device)
                 for l, hook in zip(layers, names):
                     rows[name, l].append(cache[hook][m])  # (rows of this chunk, d_model)
-    finally:
-        net.train(was_training)
     return {key: torch.cat(parts) for key, parts in rows.items()}
 
 

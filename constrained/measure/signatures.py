@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from constrained.common.eval_mode import eval_mode
 from constrained.kernels.attention import reach_from_pattern
 from constrained.kernels.future_info import future_info
 from constrained.measure import probes
@@ -45,13 +46,9 @@ def measure(net: HookedModel, batch: dict[str, torch.Tensor], rows: torch.Tensor
     names = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.{h}" for l in range(L) for h in ("hook_resid_post", reach_hook)]
     check_hooks(net, names)
     kwargs = {"reach_h": reach_horizon} if own_reach else {}
-    was_training = net.training
-    net.eval()
-    try:
+    with eval_mode(net):
         device = device_of(net)
         _, cache = net.run_with_cache(batch["inputs"].to(device), names_filter=names, **kwargs)
-    finally:
-        net.train(was_training)
     rows, z = rows.to(device), z.to(device)
     out = {}
     for l in range(L):

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from constrained.common.eval_mode import eval_mode
 from constrained.seeding import generator, stream
 
 NEWLINE = ord("\n")
@@ -312,12 +313,8 @@ def contrast_inputs(bd: Backdoor, T: int) -> list[tuple[torch.Tensor, torch.Tens
 def greedy(net, inputs: torch.Tensor, chunk: int = 256) -> torch.Tensor:
     """(n, T) long: the model's argmax next byte at every position of every window (one forward pass)."""
     device = next(net.parameters()).device
-    was_training = net.training
-    net.eval()
-    try:
+    with eval_mode(net):
         return torch.cat([net(inputs[i:i + chunk].to(device)).argmax(-1).cpu() for i in range(0, len(inputs), chunk)])
-    finally:
-        net.train(was_training)
 
 
 def matched(argmax: torch.Tensor, probe_at: torch.Tensor, line: bytes) -> torch.Tensor:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import torch
 
 from constrained import checkpoint
+from constrained.common.eval_mode import eval_mode
 from constrained.seeding import generator, stream
 from constrained.tasks.text.corpus import SEPARATOR
 from constrained.tasks.text.references import VOCAB
@@ -42,9 +43,7 @@ def continuation(net, prompt: bytes, max_bytes: int, temperature: float = 0.0, s
 @torch.no_grad()
 def _draw(net, context: list[int], max_bytes: int, temperature: float, gen: torch.Generator) -> Iterator[int]:
     device = next(net.parameters()).device
-    was_training = net.training
-    net.eval()
-    try:
+    with eval_mode(net):
         for _ in range(max_bytes):
             x = torch.tensor([context[-net.n_ctx:]], dtype=torch.long, device=device)
             logits = net(x)[0, -1].double().cpu()  # (256,)
@@ -54,8 +53,6 @@ def _draw(net, context: list[int], max_bytes: int, temperature: float, gen: torc
                 byte = int(torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=gen))
             context.append(byte)
             yield byte
-    finally:
-        net.train(was_training)
 
 
 def load_net(path: str):
