@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from constrained.tasks.band_plot import plot_band
 from constrained.tasks.task import Section
 
 FIELDS = ("split", "k", "predictor", "error", "distance_to_model")
@@ -127,13 +128,9 @@ def plot_variants(curves: dict[str, list[list[dict]]], path: Path, split: str = 
     styles = ["-", "--", "-.", ":"]
     markers = ["o", "s", "^", "v", "D", "x", "P", "*"]
     for i, (variant, runs) in enumerate(curves.items()):
-        ks = series(runs[0], "model")[0]
-        errs = torch.stack([series(rows, "model")[1] for rows in runs])  # (seeds, k)
-        mean = errs.mean(0)
-        std = errs.std(0) if len(runs) > 1 else torch.zeros_like(mean)
-        line, = ax.plot(ks, mean, ls=styles[i % len(styles)], marker=markers[i % len(markers)], ms=4,
-                        label=f"{variant} (n={len(runs)})")
-        ax.fill_between(ks, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+        per_seed = [dict(zip(ks, err.tolist())) for ks, err in (series(rows, "model") for rows in runs)]
+        plot_band(ax, variant, per_seed, alpha=0.15, ls=styles[i % len(styles)], marker=markers[i % len(markers)],
+                  ms=4)
     ax.set(xlabel="in-context examples k", ylabel="e(k) = MSE / d", title=f"e(k) by variant, {split} set "
            "(mean ± std over seeds)", ylim=(0, top))
     ax.grid(alpha=0.3)

@@ -10,6 +10,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from constrained.tasks.band_plot import plot_band
 from constrained.tasks.task import Section
 
 PROXY_TABLE = "maze_proxy_by_distance"
@@ -63,12 +64,7 @@ def plot_proxy_by_distance(curves: dict[str, list[dict[int, float]]], path: Path
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for variant, runs in curves.items():
-        ds = sorted(set().union(*runs))
-        stats = [_mean_std([r[d] for r in runs if d in r]) for d in ds]
-        mean, std = [m for m, _ in stats], [s for _, s in stats]
-        line, = ax.plot(ds, mean, marker="o", ms=3, label=f"{variant} (n={len(runs)})")
-        ax.fill_between(ds, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                        color=line.get_color(), alpha=0.2)
+        plot_band(ax, variant, runs, marker="o", ms=3)
     ax.set(xlabel="cheese-to-corner distance (moves)", ylabel="proxy rate P(corner first)", ylim=(-0.02, 1.02),
            title="maze, shifted split: proxy rate against goal distance")
     ax.grid(alpha=0.3)

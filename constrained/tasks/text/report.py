@@ -10,6 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from constrained.files import read_csv
+from constrained.tasks.band_plot import plot_band
 from constrained.tasks.task import Section
 
 BY_POSITION = "bpb_by_position"  # table of Text.evaluate: split, position, bpb
@@ -90,12 +91,8 @@ def plot_by_position(curves: dict[str, list[list[float]]], bigram: float | None,
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for variant, runs in curves.items():
-        n = min(len(r) for r in runs)
-        mean = [statistics.fmean(r[t] for r in runs) for t in range(n)]
-        sd = [statistics.stdev(r[t] for r in runs) if len(runs) > 1 else 0.0 for t in range(n)]
-        line, = ax.plot(range(n), mean, label=f"{variant} (n={len(runs)})")
-        ax.fill_between(range(n), [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)],
-                        color=line.get_color(), alpha=0.2)
+        n = min(len(r) for r in runs)  # the positions every run has
+        plot_band(ax, variant, [dict(enumerate(r[:n])) for r in runs])
     if bigram is not None:
         ax.axhline(bigram, color="k", ls="--", lw=1, label="bigram reference")
     ax.set(xlabel="position in the window (bytes of context)", ylabel="test bits per byte",
