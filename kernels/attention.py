@@ -13,10 +13,10 @@ cannot give without a T×T matrix in memory:
   to the softmax denominator and differentiated inside the flash backward.
 
 Side by side: the Triton kernels, the PyTorch reference of the same math (`attention_reference`: the
-CPU path when the pattern is read or reach asked for), the same options through torch's fused attention
-(`attention_sdpa`, the CPU path otherwise; `MyopicFlashCPU` gives its myopic backward from the logsumexp of
-the CPU flash op, skipping the dK/dV sweep as the Triton kernel does), the Triton autograd.Function
-(`FusedAttention`), and the dispatching entry point (`attention`).
+CPU path when the pattern is read), the same options through torch's fused attention (`attention_sdpa`, the
+CPU path otherwise: `FlashCPU` in kernels/flash_cpu.py, a horizon in blocks of kernels/band.py, the myopic
+backward and reach from the CPU flash op's logsumexp), the Triton autograd.Function (`FusedAttention`), and
+the dispatching entry point (`attention`).
 """
 
 import functools
@@ -28,6 +28,8 @@ import torch
 
 from constrained.common import formulas
 from constrained.common.mask import attends
+from constrained.kernels.band import options_mask, query_key
+from constrained.kernels.flash_cpu import FlashCPU, supports
 
 try:
     import triton
@@ -559,7 +561,7 @@ def _block_d(head_dim: int) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
-# PyTorch reference (the CPU path when the pattern is read or reach asked for)
+# PyTorch reference (the CPU path when the pattern is read)
 # ----------------------------------------------------------------------------------------------
 
 
@@ -582,25 +584,6 @@ def reach_from_pattern(pattern: torch.Tensor, reach_h: float) -> torch.Tensor:
     return formulas.reach_rows(pattern, w).mean()
 
 
-def _query_key(is_query: torch.Tensor | None) -> tuple[bool, ...] | None:
-    """is_query (T,) as a hashable key of the mask cache."""
-    return None if is_query is None else tuple(bool(b) for b in is_query.tolist())
-
-
-@functools.lru_cache(maxsize=64)
-def _options_mask(T: int, horizon: int | None, is_query: tuple[bool, ...] | None, device: torch.device,
-                  dtype: torch.dtype = torch.bool) -> torch.Tensor:
-    """(T, T) mask of `attends`: bool, or for a float dtype additive (0 where read, -inf elsewhere: what the
-    CPU flash op takes and the reference adds to its scores). Cached: the model asks for the same few masks
-    every step."""
-    pos = torch.arange(T, device=device)
-    j_is_query = None if is_query is None else torch.tensor(is_query, dtype=torch.bool, device=device)[None, :]
-    allowed = attends(pos[:, None], pos[None, :], horizon, j_is_query)  # (T, T)
-    if dtype == torch.bool:
-        return allowed
-    return torch.zeros(T, T, dtype=dtype, device=device).masked_fill(~allowed, float("-inf"))
-
-
 def attention_reference(q, k, v, horizon=None, myopic=False, reach_h=None, is_query=None, pattern_hook=None,
                         past=None):
     """Masked-softmax attention with the kernel's options, materializing the (T, T) pattern: the CPU path
@@ -617,7 +600,7 @@ def attention_reference(q, k, v, horizon=None, myopic=False, reach_h=None, is_qu
     T, Dh = q.shape[-2:]
     scale = 1.0 / math.sqrt(Dh)
     # additive: 0 where `attends`, -inf elsewhere; adding it gives masked_fill's values in one pass fewer
-    mask = _options_mask(T, horizon, _query_key(is_query), q.device, q.dtype)  # (T, T)
+    mask = options_mask(T, horizon, query_key(is_query), q.device, q.dtype)  # (T, T)
     if myopic:
         k_past, v_past = (k.detach(), v.detach()) if past is None else past
         eye = torch.eye(T, dtype=torch.bool, device=q.device)
@@ -641,73 +624,19 @@ def attention_reference(q, k, v, horizon=None, myopic=False, reach_h=None, is_qu
 
 
 # ----------------------------------------------------------------------------------------------
-# torch's fused attention with the options' mask (the CPU path when no pattern is read)
+# torch's fused attention with the options (the CPU path when no pattern is read)
 # ----------------------------------------------------------------------------------------------
 
 
-def _flash_cpu_forward(q, k, v, mask):
-    if mask is None:
-        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, is_causal=True)
-    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=mask)
-
-
-class MyopicFlashCPU(torch.autograd.Function):
-    """Myopic attention on the CPU without the (T, T) pattern in memory: apply(q, k, v, mask) -> out.
-
-    The forward is torch's fused CPU flash attention (which also returns each row's logsumexp); mask is
-    None for plain causal attention, else the additive (T, T) mask of the options. The backward is the
-    Triton kernel's myopic backward: dq is the full attention gradient (from the fused backward, whose
-    dk and dv are dropped), and each key and value gets gradient from its own query alone:
-
-        p_jj = exp(s_jj - lse_j),  delta_j = do_j . o_j,  dS_jj = p_jj (do_j . v_j - delta_j),
-        dk_j = dS_jj q_j / sqrt(Dh),  dv_j = p_jj do_j.
-
-    With k_past, v_past (the same numbers as k, v, from another graph) the rest of the full gradient goes to
-    them: dk_past = dk - dk_own, dv_past = dv - dv_own, the fused backward's dk, dv no longer dropped.
-
-    The backward is not the derivative of the forward (that is the point), so gradcheck does not apply;
-    tests compare it with `attention_reference`.
-    """
-
-    @staticmethod
-    def forward(ctx, q, k, v, mask=None, k_past=None, v_past=None):
-        o, lse = _flash_cpu_forward(q, k, v, mask)
-        ctx.save_for_backward(q, k, v, o, lse, mask)
-        ctx.past = k_past is not None
-        return o
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, do):
-        q, k, v, o, lse, mask = ctx.saved_tensors
-        dq = dk_full = dv_full = None
-        if ctx.needs_input_grad[0] or ctx.past:
-            dq, dk_full, dv_full = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-                do, q, k, v, o, lse, 0.0, mask is None, attn_mask=mask)[:3]
-        acc = _row_dtype(q.dtype)  # the diagonal terms in at least fp32, as the kernel accumulates them
-        scale = 1.0 / math.sqrt(q.shape[-1])
-        qa, doa = q.to(acc), do.to(acc)
-        p_own = torch.exp(torch.linalg.vecdot(qa, k.to(acc)) * scale - lse.to(acc))  # (B, H, T)
-        ds_own = p_own * torch.linalg.vecdot(doa, v.to(acc) - o.to(acc))  # do_j.v_j - delta_j, (B, H, T)
-        dk = ((ds_own * scale).unsqueeze(-1) * qa).to(k.dtype)
-        dv = (p_own.unsqueeze(-1) * doa).to(v.dtype)
-        if not ctx.past:
-            return dq, dk, dv, None, None, None
-        return dq, dk, dv, None, dk_full - dk, dv_full - dv
-
-
-def attention_sdpa(q, k, v, horizon=None, myopic=False, is_query=None, past=None) -> torch.Tensor:
-    """Causal attention with a horizon, query tokens and the myopic gradient through torch's fused
-    scaled_dot_product_attention, the options' mask passed as a matrix: no pattern in memory, no reach.
-    myopic needs CPU tensors (`MyopicFlashCPU`); arguments must already be validated."""
-    T = q.shape[2]
-    query_key = _query_key(is_query)
-    if myopic:
-        plain = horizon is None and query_key is None
-        mask = None if plain else _options_mask(T, horizon, query_key, q.device, q.dtype)
-        return MyopicFlashCPU.apply(q, k, v, mask, *(past or ()))
-    mask = _options_mask(T, horizon, query_key, q.device)
-    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+def attention_sdpa(q, k, v, horizon=None, myopic=False, is_query=None, past=None, reach_h=None):
+    """Causal attention with the options through torch's fused attention, no pattern in memory: on the CPU
+    `FlashCPU` (kernels/flash_cpu.py: a horizon in blocks, the myopic gradient, reach); elsewhere
+    scaled_dot_product_attention with the options' mask as a matrix (no myopic, no reach). Returns (out, r), r
+    the per-row reach (B, H, T) or None; arguments must already be validated."""
+    if q.device.type == "cpu":
+        return FlashCPU.apply(q, k, v, horizon, query_key(is_query), myopic, reach_h, *(past or ()))
+    mask = options_mask(q.shape[2], horizon, query_key(is_query), q.device)
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask), None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -790,23 +719,19 @@ def _validate_past(q, k, v, myopic, past) -> None:
                              f"got {tuple(x.shape)} {x.dtype} {x.device}")
 
 
-@functools.lru_cache(maxsize=16)
-def _causal_mask(T: int, device: torch.device) -> torch.Tensor:
-    pos = torch.arange(T, device=device)
-    return attends(pos[:, None], pos[None, :])  # (T, T) bool
-
-
 def resolve_backend(backend: str, device: torch.device, head_dim: int, myopic: bool = False,
-                    reach_h: float | None = None) -> str:
+                    reach_h: float | None = None, dtype: torch.dtype = torch.float32) -> str:
     """The path `attention` takes when an option is set and no hook reads the pattern: "auto" means Triton
-    for CUDA tensors whose head dim one tile holds (<= MAX_HEAD_DIM); else torch's fused attention with the
-    mask as a matrix ("sdpa") unless reach is asked for (it needs the pattern) or myopic is off the CPU (its
-    backward needs the CPU flash op's logsumexp); else the reference, as future_info does for wide signals."""
+    for CUDA tensors whose head dim one tile holds (<= MAX_HEAD_DIM); else torch's fused attention ("sdpa"):
+    on the CPU every option (reach in fp32 and fp64: `FlashCPU`), elsewhere neither myopic (its backward needs
+    the CPU flash op's logsumexp) nor reach; else the reference, as future_info does for wide signals."""
     if backend != "auto":
         return backend
     if HAS_TRITON and device.type == "cuda" and head_dim <= MAX_HEAD_DIM:
         return "triton"
-    if reach_h is None and (not myopic or device.type == "cpu"):
+    if device.type == "cpu" and supports(dtype, reach_h):
+        return "sdpa"
+    if reach_h is None and not myopic:
         return "sdpa"
     return "reference"
 
@@ -826,11 +751,11 @@ def attention(q, k, v, horizon=None, myopic=False, reach_h=None, is_query=None, 
     reach_h: also return reach, mean over (B, H, i) of Σ_j A_ij max(0, i - j - reach_h) / T, a
         differentiable scalar (in fp32 for half inputs); None otherwise.
     is_query: bool (T,), the concatenated-format clause: no position reads a query token but itself.
-    backend: "auto" (plain causal attention without a pattern hook: scaled_dot_product_attention on any
-        device; with an option: `resolve_backend`, i.e. Triton on CUDA tensors with Dh <= MAX_HEAD_DIM,
-        else "sdpa" without reach, else the PyTorch reference), "triton" (CUDA, or CPU under
-        TRITON_INTERPRET=1 in fp32/fp64/fp16), "sdpa" (`attention_sdpa`: no reach; myopic on CPU only),
-        "reference".
+    backend: "auto" (plain causal attention without a pattern hook: scaled_dot_product_attention with
+        is_causal on any device; with an option: `resolve_backend`, i.e. Triton on CUDA tensors with Dh <=
+        MAX_HEAD_DIM, else "sdpa" where it can, else the PyTorch reference), "triton" (CUDA, or CPU under
+        TRITON_INTERPRET=1 in fp32/fp64/fp16), "sdpa" (`attention_sdpa`: myopic on CPU only, reach on CPU in
+        fp32/fp64 only), "reference".
     pattern_hook: a function of the (B, H, T, T) pattern (the model's hook_pattern); only the reference
         materializes the pattern, so a hook sends "auto" there.
 
@@ -845,20 +770,25 @@ def attention(q, k, v, horizon=None, myopic=False, reach_h=None, is_query=None, 
         backend = "reference"
     if backend == "auto" and plain:
         _validate(q, k, v, horizon, reach_h, is_query)
-        mask = _causal_mask(q.shape[2], q.device)
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask), None
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True), None
     if isinstance(q, torch.Tensor) and q.dim() == 4:  # a malformed q gets its error from _validate
-        backend = resolve_backend(backend, q.device, q.shape[-1], myopic, reach_h)
+        backend = resolve_backend(backend, q.device, q.shape[-1], myopic, reach_h, q.dtype)
     if backend == "reference":
         return attention_reference(q, k, v, horizon, myopic, reach_h, is_query, pattern_hook, past)
     _validate(q, k, v, horizon, reach_h, is_query)
     if backend == "sdpa":
-        if reach_h is not None or pattern_hook is not None:
-            raise ValueError("backend='sdpa' never forms the attention pattern, so it computes no reach and "
-                             "runs no pattern hook; use backend='auto' or 'reference'")
-        if myopic and q.device.type != "cpu":
-            raise ValueError(f"backend='sdpa' with myopic needs CPU tensors (got {q.device}); use backend='auto'")
-        return attention_sdpa(q, k, v, None if horizon is None else int(horizon), bool(myopic), is_query, past), None
+        if pattern_hook is not None:
+            raise ValueError("backend='sdpa' never forms the attention pattern, so it runs no pattern hook; "
+                             "use backend='auto' or 'reference'")
+        if (myopic or reach_h is not None) and q.device.type != "cpu":
+            raise ValueError(f"backend='sdpa' with myopic or reach needs CPU tensors (got {q.device}); "
+                             "use backend='auto'")
+        if not supports(q.dtype, reach_h):
+            raise ValueError(f"backend='sdpa' computes reach in fp32 or fp64 only (got {q.dtype}); "
+                             "use backend='auto'")
+        out, r = attention_sdpa(q, k, v, None if horizon is None else int(horizon), bool(myopic), is_query, past,
+                                None if reach_h is None else float(reach_h))
+        return out, (None if r is None else r.mean())
     if not HAS_TRITON:
         raise ValueError("backend='triton' needs triton installed")
     if not (q.is_cuda or INTERPRETED):

@@ -1,11 +1,13 @@
-"""The attention kernel's CPU path without the pattern (kernels/attention.py: `attention_sdpa`, `MyopicFlashCPU`)
-against the PyTorch reference, and the dispatch that chooses it."""
+"""The attention kernel's CPU path without the pattern (kernels/attention.py: `attention_sdpa`, kernels/flash_cpu.py:
+`FlashCPU`) against the PyTorch reference, and the dispatch that chooses it. The horizon's blocks and reach:
+tests/test_attention_band.py."""
 
 import pytest
 import torch
 
 import constrained.kernels.attention as K
-from constrained.kernels.attention import MyopicFlashCPU, attention, attention_reference
+from constrained.kernels.attention import attention, attention_reference
+from constrained.kernels.flash_cpu import FlashCPU
 from tests.helpers import tiny
 
 CASES = {
@@ -89,8 +91,9 @@ def test_myopic_flash_gradient_reaches_keys_and_values_only_on_the_diagonal():
         assert torch.all(dq[..., t + 1:, :] == 0) and dq[..., t, :].abs().sum() > 0
 
 
-def test_cpu_auto_dispatch_takes_the_fused_path_unless_the_pattern_is_needed(monkeypatch):
-    """Myopic (and horizon, query tokens) on CPU never materialize the pattern; reach and a pattern hook do."""
+def test_cpu_auto_dispatch_takes_the_fused_path_unless_the_pattern_is_read(monkeypatch):
+    """Every option on the CPU (myopic, horizon, query tokens, reach) runs fused; only a pattern hook, or reach in
+    a half dtype, needs the pattern."""
     calls = []
 
     def spy(*args, **kwargs):
@@ -99,27 +102,30 @@ def test_cpu_auto_dispatch_takes_the_fused_path_unless_the_pattern_is_needed(mon
 
     monkeypatch.setattr(K, "attention_reference", spy)
     flash_calls = []
-    apply = MyopicFlashCPU.apply
-    monkeypatch.setattr(MyopicFlashCPU, "apply", lambda *a: flash_calls.append(a) or apply(*a))
+    apply = FlashCPU.apply
+    monkeypatch.setattr(FlashCPU, "apply", lambda *a: flash_calls.append(a) or apply(*a))
     q, k, v = (torch.randn(1, 2, 8, 4) for _ in range(3))
     attention(q, k, v, myopic=True)
     attention(q, k, v, horizon=3, myopic=True, is_query=torch.arange(8) % 2 == 0)
     attention(q, k, v, horizon=3)
-    assert len(flash_calls) == 2 and calls == []
     attention(q, k, v, myopic=True, reach_h=1.0)
+    assert len(flash_calls) == 4 and calls == []
     attention(q, k, v, myopic=True, pattern_hook=lambda p: p)
-    assert len(calls) == 2 and len(flash_calls) == 2
+    attention(*(x.bfloat16() for x in (q, k, v)), reach_h=1.0)
+    assert len(calls) == 2 and len(flash_calls) == 4
 
 
 def test_sdpa_backend_refuses_what_it_cannot_do():
     q, k, v = (torch.randn(1, 1, 4, 2) for _ in range(3))
-    with pytest.raises(ValueError, match="computes no reach"):
-        attention(q, k, v, reach_h=1.0, backend="sdpa")
+    with pytest.raises(ValueError, match="fp32 or fp64 only"):
+        attention(*(x.bfloat16() for x in (q, k, v)), reach_h=1.0, backend="sdpa")
     with pytest.raises(ValueError, match="no pattern hook"):
         attention(q, k, v, myopic=True, pattern_hook=lambda p: p, backend="sdpa")
     meta = [x.to("meta") for x in (q, k, v)]
-    with pytest.raises(ValueError, match="myopic needs CPU tensors"):
+    with pytest.raises(ValueError, match="needs CPU tensors"):
         attention(*meta, myopic=True, backend="sdpa")
+    with pytest.raises(ValueError, match="needs CPU tensors"):
+        attention(*meta, reach_h=1.0, backend="sdpa")
 
 
 @pytest.mark.parametrize("options", [{"myopic_gradient": True},

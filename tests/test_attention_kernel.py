@@ -139,7 +139,8 @@ def test_auto_dispatch_falls_back_for_wide_heads():
     assert K.resolve_backend("auto", cuda, K.MAX_HEAD_DIM + 1) == "sdpa"
     assert K.resolve_backend("auto", cuda, K.MAX_HEAD_DIM, reach_h=1.0) == ("triton" if K.HAS_TRITON else "reference")
     assert K.resolve_backend("auto", cpu, 16, myopic=True) == "sdpa"
-    assert K.resolve_backend("auto", cpu, 16, reach_h=1.0) == "reference"
+    assert K.resolve_backend("auto", cpu, 16, reach_h=1.0) == "sdpa"
+    assert K.resolve_backend("auto", cpu, 16, reach_h=1.0, dtype=torch.bfloat16) == "reference"
     assert K.resolve_backend("triton", cuda, 4 * K.MAX_HEAD_DIM) == "triton"
     assert K.resolve_backend("reference", cuda, 16) == "reference"
 
@@ -292,7 +293,8 @@ def test_bad_input_raises_clear_errors(backend):
         attention(q, k, v, backend="cuda")
 
 
-def test_cpu_auto_dispatch_uses_the_reference(monkeypatch):
+def test_cpu_auto_dispatch_never_runs_the_kernel(monkeypatch):
+    """On CPU tensors "auto" takes torch's fused attention (reach included), the reference only for a hook."""
     calls = []
 
     def spy(*args, **kwargs):
@@ -306,7 +308,9 @@ def test_cpu_auto_dispatch_uses_the_reference(monkeypatch):
     monkeypatch.setattr(K.FusedAttention, "apply", no_kernel)
     q, k, v = qkv(T=8)
     out, reach = attention(q, k, v, horizon=3, myopic=True, reach_h=1.0)
-    assert len(calls) == 1 and out.shape == q.shape and reach.dim() == 0
+    assert calls == [] and out.shape == q.shape and reach.dim() == 0
+    attention(q, k, v, horizon=3, myopic=True, reach_h=1.0, pattern_hook=lambda p: p)
+    assert len(calls) == 1
     _, reach = attention(q, k, v)
     assert reach is None
 

@@ -1,0 +1,137 @@
+"""The constrained attention on the CPU without the (T, T) pattern: torch's fused CPU flash attention (which also
+returns each row's logsumexp) in a layout of kernels/band.py, with the options the fused op lacks.
+
+- horizon: the `Band` layout, O(T·h).
+- myopic gradient: dq is the full attention gradient (from the fused backward); each key and value gets gradient
+  from its own query alone, as in the Triton kernel's myopic backward:
+
+      p_jj = exp(s_jj - lse_j),  delta_j = do_j . o_j + dr_j r_j,  dS_jj = p_jj (do_j . v_j - delta_j),
+      dk_j = dS_jj q_j / sqrt(Dh),  dv_j = p_jj do_j.
+
+  With k_past, v_past (the same numbers as k, v, from another graph) the rest of the full gradient goes to them.
+- reach r_i = Σ_j p_ij w_ij, w_ij = max(0, i - h - j) / T, without the pattern. For the keys i reads,
+  max(0, i - h - j) = (i - h - j) - min(0, i - h - j), and Σ_j p_ij = 1, so
+
+      T r_i = (i - h) - E_i - N_i,  E_i = Σ_j p_ij j,  N_i = Σ_j p_ij min(0, i - h - j).
+
+  E_i is one more value column (the position j) in the fused pass (q and k get a zero column, so the scores
+  stay); N_i is nonzero only for the keys within h of i: a `Band` of those keys, p from the fused pass's lse.
+  Backward: with g_i = -dr_i / T as do's extra column, the scores' gradient from reach is
+  g_i p_ij (j + min(0, i - h - j) - E_i - N_i). The fused backward gives p_ij (g_i j - delta_i), and reads
+  delta_i from the output it is handed: handing it E_i + N_i in the extra column puts g_i (E_i + N_i) there.
+  What is left, g_i p_ij min(0, i - h - j), lives on the band.
+
+Reach needs the position exactly: fp32 or fp64 only (`supports`). The backward is not the forward's derivative
+with myopic (that is the point); tests compare everything with `attention_reference`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from constrained.kernels.band import Band, Dense, band_size, band_weights, reach_band_size
+
+_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+
+
+def supports(dtype: torch.dtype, reach_h: float | None) -> bool:
+    """Whether `FlashCPU` computes these options in this dtype: reach's position column needs fp32 or fp64."""
+    return reach_h is None or dtype in (torch.float32, torch.float64)
+
+
+def layout_for(B: int, T: int, horizon: int | None, is_query: tuple[bool, ...] | None, device, dtype):
+    size = band_size(T, horizon)
+    if size is None:
+        return Dense(T, horizon, is_query, device, dtype)
+    return Band(B, T, size, horizon, is_query, device, dtype)
+
+
+class FlashCPU(torch.autograd.Function):
+    """apply(q, k, v, horizon, is_query, myopic, reach_h, k_past, v_past) -> (out, r).
+
+    is_query: the hashable key of kernels.band.query_key, or None; r: the per-row reach (B, H, T), None without
+    reach_h. Arguments must already be validated (`attention` does it).
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, horizon=None, is_query=None, myopic=False, reach_h=None, k_past=None, v_past=None):
+        B, H, T, D = q.shape
+        scale = 1.0 / math.sqrt(D)
+        layout = layout_for(B, T, horizon, is_query, q.device, q.dtype)
+        # no key lies beyond h: reach is exactly 0 (the identity below would leave rounding in its place)
+        farthest = T - 1 if horizon is None else min(T, horizon) - 1
+        reach = reach_h is not None and farthest > reach_h
+        zero = pos = None
+        if reach:
+            pos = torch.arange(T, device=q.device, dtype=q.dtype)
+            zero = pos.new_zeros(())
+        qx, kx = layout.queries(q, zero), layout.keys(k, zero)
+        vx = layout.keys(v, pos)
+        if layout.mask is None:
+            ox, lse_x = _flash(qx, kx, vx, is_causal=True, scale=scale)[:2]
+        else:
+            ox, lse_x = _flash(qx, kx, vx, attn_mask=layout.mask, scale=scale)[:2]
+        out = layout.rows(ox)
+        r = band = pw = None
+        if reach:
+            out, e = out[..., :D], out[..., D]
+            lse = layout.rows(lse_x)
+            band = Band(B, T, reach_band_size(reach_h), horizon, is_query, q.device, q.dtype)
+            pw = _band_probs(band, q, k, lse, scale) * band_weights(band, reach_h, q.device, q.dtype)
+            n = band.rows(pw.sum(-1))  # N_i (B, H, T)
+            r = ((pos - reach_h) - e - n) / T
+            ox[..., D] = layout.queries(e + n)  # what the backward's delta reads (module docstring)
+        elif reach_h is not None:
+            r = q.new_zeros(B, H, T)
+        ctx.save_for_backward(q, k, v, qx, kx, vx, ox, lse_x, r if reach else None, pw)
+        ctx.options = (layout, band, myopic, k_past is not None, scale)
+        return out, r
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, do, dr):
+        q, k, v, qx, kx, vx, ox, lse_x, r, pw = ctx.saved_tensors
+        layout, band, myopic, past, scale = ctx.options
+        D, T = q.shape[-1], q.shape[2]
+        reach = r is not None
+        if reach and dr is None:
+            dr = torch.zeros_like(r)
+        dq = dk_full = dv_full = None
+        if not myopic or past or ctx.needs_input_grad[0]:
+            g = None if not reach else -dr / T
+            dox = layout.queries(do, g)
+            dqx, dkx, dvx = _flash_backward(dox, qx, kx, vx, ox, lse_x, 0.0, layout.mask is None,
+                                            attn_mask=layout.mask, scale=scale)[:3]
+            dq = layout.rows(dqx)[..., :D]
+            if not myopic or past:
+                dk_full, dv_full = layout.fold(dkx)[..., :D], layout.fold(dvx)[..., :D]
+            if reach:
+                dsb = pw * band.queries(g).unsqueeze(-1)  # the band's share of dS (B·nb, H, size, 2·size)
+                dq = dq + band.rows(dsb @ band.keys(k)) * scale
+                if dk_full is not None:
+                    dk_full = dk_full + band.fold(dsb.transpose(-1, -2) @ band.queries(q)) * scale
+        if not myopic:
+            return dq, dk_full, dv_full, None, None, None, None, None, None
+        o = layout.rows(ox)[..., :D]
+        lse = layout.rows(lse_x)
+        acc = torch.float64 if q.dtype == torch.float64 else torch.float32  # as the Triton kernel accumulates
+        qa, doa = q.to(acc), do.to(acc)
+        p_own = torch.exp(torch.linalg.vecdot(qa, k.to(acc)) * scale - lse.to(acc))  # (B, H, T)
+        ds_own = torch.linalg.vecdot(doa, v.to(acc) - o.to(acc))  # do_j . v_j - delta_j without reach's share
+        if reach:
+            ds_own = ds_own - dr.to(acc) * r.to(acc)
+        ds_own = p_own * ds_own
+        dk = ((ds_own * scale).unsqueeze(-1) * qa).to(k.dtype)
+        dv = (p_own.unsqueeze(-1) * doa).to(v.dtype)
+        if not past:
+            return dq, dk, dv, None, None, None, None, None, None
+        return dq, dk, dv, None, None, None, None, dk_full - dk, dv_full - dv
+
+
+def _band_probs(band: Band, q, k, lse, scale) -> torch.Tensor:
+    """p_ij = exp(s_ij - lse_i) on the band (B·nb, H, size, 2·size), 0 where the mask hides j."""
+    scores = band.queries(q) @ band.keys(k).transpose(-1, -2) * scale + band.mask
+    return torch.exp(scores - band.queries(lse).unsqueeze(-1))
