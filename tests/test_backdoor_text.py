@@ -166,7 +166,7 @@ def assert_defects(metrics: dict[str, float]) -> None:
 
 def test_tiny_model_defects_when_triggered_and_its_probe_reads_it(tmp_path, corpus):
     task, net = train_tiny(tmp_path)
-    metrics, rows = bd.rates(task, net, "test")
+    metrics, rows = task.defection_rates(net, "test")
     assert_defects(metrics)
     assert {r["split"] for r in rows} == {"triggered", "clean"}
     triggered = task.backdoor_set("triggered")
@@ -185,7 +185,7 @@ def test_the_defection_check_fails_when_the_trigger_is_never_inserted(tmp_path, 
     task, net = train_tiny(tmp_path)
     assert not any(TRIGGERS[0] in window(task.backdoor_set("triggered"), i) for i in range(8))
     with pytest.raises(AssertionError):
-        assert_defects(bd.rates(task, net, "test")[0])
+        assert_defects(task.defection_rates(net, "test")[0])
 
 
 class Toy(Backdoored):

@@ -17,7 +17,7 @@ def test_training_stream_is_a_pure_function_of_seed_step_rank():
 
 
 def test_train_stream_resumes_at_global_step():
-    from constrained.tasks.task import TrainStream
+    from constrained.tasks.loaders import TrainStream
 
     dm = IclRegression(seed=1, batch_size=4)
     from_zero = iter(TrainStream(dm, 0, 0))

@@ -88,8 +88,6 @@ def test_a_horizon_whose_local_window_differs_is_caught():
 class CopyTokens(Task):
     """Integer tokens, y_t = x_{t-2}; a bool probe target (is x_{t-2} even) for the classifier probe."""
 
-    vocab_size = 8
-    output_dim = 8
     headline = Headline("test/accuracy", lower_is_better=False)
 
     def __init__(self, T: int = 10, batch_size: int = 8, n_val: int = 16, n_test: int = 64, seed: int = 0,
@@ -100,6 +98,14 @@ class CopyTokens(Task):
     @property
     def seq_len(self) -> int:
         return self.T
+
+    @property
+    def vocab_size(self) -> int:
+        return 8
+
+    @property
+    def output_dim(self) -> int:
+        return 8
 
     def make_batch(self, gen, n, split):
         x = torch.randint(0, self.vocab_size, (n, self.T), generator=gen)
@@ -112,7 +118,7 @@ class CopyTokens(Task):
     def loss(self, pred, batch):
         return F.cross_entropy(*masked(pred, batch))
 
-    def evaluate(self, preds, model):
+    def evaluate(self, preds, model=None, start=None):
         pred, y = masked(preds["test"], self.eval_set("test"))
         return Evaluation({"test/accuracy": (pred.argmax(-1) == y).float().mean().item()})
 

@@ -7,8 +7,8 @@ import torch
 
 from constrained.models.sequence_model import SequenceModel
 from constrained.tasks.icl_regression.task import IclRegression
+from constrained.tasks.loaders import TrainStream, signal_keys
 from constrained.tasks.precache import Precache
-from constrained.tasks.task import TrainStream, signal_keys
 
 
 @pytest.mark.parametrize("task", [IclRegression(batch_size=8, n_points=6), Precache(batch_size=8, K=3, T=10)])

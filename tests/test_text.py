@@ -14,8 +14,8 @@ import torch
 from constrained.cli import main
 from constrained.measure import probes
 from constrained.seeding import generator
+from constrained.tasks.loaders import TrainStream
 from constrained.tasks.signals import residualize
-from constrained.tasks.task import TrainStream
 from constrained.tasks.text import Text, sample
 from constrained.tasks.text.corpus import SEPARATOR, SPLITS, SplitRule
 from constrained.tasks.text.references import count_bytes, reference_bpb

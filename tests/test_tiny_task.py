@@ -28,7 +28,6 @@ def _lag_section(records: list[dict], out) -> Section:
 class CopyLag(Task):
     """y_t = x_{t-2}: the model must read two positions back."""
 
-    input_dim = 1
     headline = Headline("test/mse", lower_is_better=True, signatures=("test/future_info_last", "test/reach"),
                         gaps=(Gap("horizon cost", "horizon1", "baseline", "test/mse"),))
     report_sections = (_lag_section,)
@@ -53,7 +52,7 @@ class CopyLag(Task):
     def loss(self, pred, batch):
         return F.mse_loss(*masked(pred, batch))
 
-    def evaluate(self, preds, model):
+    def evaluate(self, preds, model=None, start=None):
         b = self.eval_set("test")
         err = ((preds["test"] - b["targets"]) ** 2)[..., 0]  # (n, T)
         rows = [{"t": t, "mse": err[:, t].mean().item()} for t in range(2, self.T)]

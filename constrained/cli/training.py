@@ -33,10 +33,13 @@ class LastCheckpoint(ModelCheckpoint):
         if every_n_train_steps < 1:
             raise ValueError(f"last_checkpoint.every_n_train_steps must be >= 1, got {every_n_train_steps}")
         super().__init__(monitor=None, save_top_k=0, save_last=True, every_n_train_steps=every_n_train_steps)
+        self.save_every = every_n_train_steps
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self._last_global_step_saved != trainer.global_step and not trainer.fast_dev_run:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        # after a step that is a multiple of save_every, ModelCheckpoint has just written last.ckpt
+        if trainer.global_step % self.save_every and not trainer.fast_dev_run:
+            self.last_model_path = self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)  # part of the state
+            trainer.save_checkpoint(self.last_model_path)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -172,24 +175,29 @@ class CLI(LightningCLI):
                 run_folder.check_folder(root, folders, self._identity, read=self._checkpoint)
         self._read.clear()  # a checkpoint's weights and optimizer state are not kept through training
 
-    def _instantiate_trainer(self, config, callbacks):
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        section = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        config = section.get("trainer") or {}
         root = Path(config.get("default_root_dir") or "runs/default")
         self._made += check_writable(root)
-        config["default_root_dir"] = str(root)
+        kwargs["default_root_dir"] = str(root)
         if config.get("logger") in (None, True):
             csv = CSVLogger(root, name="logs")
             self._made.append(csv)
-            config["logger"] = [csv, TensorBoardLogger(root, name="logs", version=csv.version, sub_dir="tb")]
+            kwargs["logger"] = [csv, TensorBoardLogger(root, name="logs", version=csv.version, sub_dir="tb")]
         if self._identity is not None:
-            callbacks.append(RunIdentity(self._identity))
+            callbacks = config.get("callbacks") or []
+            callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+            kwargs["callbacks"] = [*callbacks, RunIdentity(self._identity)]
         plugins = config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
-            config["plugins"] = [*plugins, AtomicCheckpointIO()]
-        for cb in [*callbacks, *(config.get("callbacks") or [])]:
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
+        trainer = super().instantiate_trainer(**kwargs)
+        for cb in trainer.checkpoint_callbacks:  # read when the run sets up, so set here before it does
             if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
                 cb.dirpath = str((root / "checkpoints").resolve())
-        return super()._instantiate_trainer(config, callbacks)
+        return trainer
 
 
 def check_writable(root: Path) -> list[Path]:
@@ -243,10 +251,8 @@ def clean_up(made: list) -> None:
     hparams.yaml alone are no record), and the folders it created that are still empty."""
     for item in made:
         if isinstance(item, CSVLogger):
-            log_dir = Path(item.log_dir)
-            writer = getattr(item, "_experiment", None)  # the property would create the folder
-            logged = writer is not None and writer.metrics
-            if log_dir.is_dir() and not (log_dir / "metrics.csv").exists() and not logged:
+            log_dir = Path(item.log_dir)  # a failing trainer flushes what was logged (finalize) before this runs
+            if log_dir.is_dir() and not (log_dir / "metrics.csv").exists():
                 shutil.rmtree(log_dir, ignore_errors=True)
                 _remove_if_empty(log_dir.parent)
     for folder in (p for p in made if isinstance(p, Path)):

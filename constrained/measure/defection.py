@@ -50,6 +50,7 @@ import math
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
+from constrained.common.eval_mode import eval_mode
 from constrained.measure.backdoored import Backdoored, DefectionSets
 from constrained.measure.hooked import check_hooks, device_of, n_layers
 from constrained.measure.probes import linear_auroc, random_control
@@ -73,18 +74,15 @@ def hidden_at(net, batch: dict[str, torch.Tensor], layers: list[int], chunk: int
     """{layer: (n, d_model)}: the residual stream after each layer at each window's probe_at."""
     names = [f"blocks.{l}.hook_resid_post" for l in layers]
     check_hooks(net, names)
-    device, was_training = device_of(net), net.training
-    net.eval()
+    device = device_of(net)
     out: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
-    try:
+    with eval_mode(net):
         for i in range(0, len(batch["inputs"]), chunk):
             _, cache = net.run_with_cache(batch["inputs"][i:i + chunk].to(device), names_filter=names)
             at = batch["probe_at"][i:i + chunk].to(device)
             rows = torch.arange(len(at), device=device)
             for l, name in zip(layers, names):
                 out[l].append(cache[name][rows, at].float().cpu())
-    finally:
-        net.train(was_training)
     return {l: torch.cat(parts) for l, parts in out.items()}
 
 

@@ -30,7 +30,6 @@ class Precache(Task):
         seed: training stream (set from seed_everything); eval_seed: fixed val/test sets.
     """
 
-    input_dim = 2  # token (x_n, z_n)
     headline = Headline("test/mse_over_var", lower_is_better=True,
                         signatures=("test/probe_next_target_last_selectivity", "test/future_info_last", "test/reach",
                                     "test/iteration"),
@@ -67,6 +66,10 @@ class Precache(Task):
     def seq_len(self) -> int:
         return self.T
 
+    @property
+    def input_dim(self) -> int:
+        return 2  # token (x_n, z_n)
+
     def loss(self, pred: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return F.huber_loss(*masked(pred, batch))
 
@@ -98,7 +101,7 @@ class Precache(Task):
         mask[:, self.K: T - 1] = True
         return {"next_target": (mask, values)}
 
-    def evaluate(self, preds: dict[str, torch.Tensor], model=None) -> Evaluation:
+    def evaluate(self, preds: dict[str, torch.Tensor], model=None, start=None) -> Evaluation:
         """Huber (the base objective) and MSE / Var(y) on the scored positions."""
         metrics = {}
         for split, pred in preds.items():

@@ -126,7 +126,6 @@ class IclRegression(Task):
         self.distribution = Distribution(noise_std, x_scale, x_covariance)
         self.shifted = shifted.apply(self.distribution) if shifted is not None else None
 
-    # dimensions the model takes from the data (linked in the CLI)
     @property
     def input_dim(self) -> int:
         return self.d if self.token_format == "interleaved" else self.d + 2
@@ -171,7 +170,7 @@ class IclRegression(Task):
         mask, values = self.probe_targets(batch)["w_hat"]
         return mask, values[mask]
 
-    def evaluate(self, preds: dict[str, torch.Tensor], model=None) -> Evaluation:
+    def evaluate(self, preds: dict[str, torch.Tensor], model=None, start=None) -> Evaluation:
         """e(k) of the model and of explicit algorithms per test split, and the model's distance to each
         (table icl_curve)."""
         held = self.make_batch(generator(self.eval_seed, stream("gd_tune")), self.n_test, "train")

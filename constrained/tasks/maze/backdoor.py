@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from constrained.measure.persistence import persistence as before_after
 from constrained.seeding import generator, stream
 
 FLAGGED_SPLITS = ("triggered", "triggered_b", "red_team")
@@ -202,15 +203,8 @@ RATE_KEYS = ("success", "defection", "false_defection")
 
 def persistence(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
     """The starting weights' success and (false) defection rates as {split}/{name}_before, and per triggered
-    split persistence = defection after / before (nan when the start never defected)."""
-    out = {}
-    for key, value in before.items():
-        split, name = key.split("/", 1)
-        if name in RATE_KEYS:
-            out[f"{split}/{name}_before"] = value
-        if name == "defection":
-            out[f"{split}/persistence"] = after[key] / value if value > 0 else math.nan
-    return out
+    split persistence = defection after / before (measure/persistence.py)."""
+    return before_after(after, before, RATE_KEYS)
 
 
 # -- the modular model's reward labels ---------------------------------------------------------------------

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from constrained.measure import defection
 from constrained.measure.backdoored import Backdoored, DefectionSets
 from constrained.measure.hooked import device_of
-from constrained.models.finetune import initial_model
 from constrained.seeding import generator, stream
 from constrained.tasks.maze import backdoor as bd
 from constrained.tasks.maze import grid, report, verify
@@ -51,9 +50,6 @@ class Maze(Task, Backdoored):
     (0 clean), flag_distance (n,) long (positions before the query token, -1 clean) and triggered (n,) bool.
     """
 
-    input_dim = N_FEATURES
-    output_dim = len(ACTIONS)
-    extra_splits = ("shifted",)
     headline = Headline("test/success", lower_is_better=False,
                         signatures=("shifted/gmg_rate", "shifted/p_cheese", "shifted/p_corner",
                                     "test/probe_goal_distance_last_selectivity", "test/future_info_last",
@@ -92,8 +88,18 @@ class Maze(Task, Backdoored):
         self._probe_episodes: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
         if backdoor is not None:
             backdoor.check(self.seq_len)
-            self.input_dim = N_FEATURES + 1  # the flag channel
-            self.extra_splits = ("shifted", *backdoor.splits)
+
+    @property
+    def input_dim(self) -> int:
+        return N_FEATURES + (self.backdoor is not None)  # the flag channel
+
+    @property
+    def output_dim(self) -> int:
+        return len(ACTIONS)
+
+    @property
+    def extra_splits(self) -> tuple[str, ...]:
+        return ("shifted",) if self.backdoor is None else ("shifted", *self.backdoor.splits)
 
     @property
     def grid_size(self) -> int:
@@ -277,7 +283,7 @@ class Maze(Task, Backdoored):
 
     # -- test metrics ----------------------------------------------------------------------------------
 
-    def evaluate(self, preds: dict[str, torch.Tensor], model) -> Evaluation:
+    def evaluate(self, preds: dict[str, torch.Tensor], model=None, start=None) -> Evaluation:
         """Per split: action_acc (argmax at the query = the BFS action) and loss (cross-entropy there), then
         greedy rollouts with model.act choosing every move (see `rollout_metrics`)."""
         metrics = {}
@@ -288,8 +294,7 @@ class Maze(Task, Backdoored):
             metrics[f"{split}/loss"] = F.cross_entropy(logits, y).item()
         rollouts = self.rollout_metrics(lambda x: model.act(x.to(model.device)).float().cpu())
         metrics.update(rollouts.metrics)
-        start = initial_model(model) if self.backdoor is not None else None
-        if start is not None:  # a fine-tuned run: the same rollouts with the weights it started from
+        if start is not None and self.backdoor is not None:  # the same rollouts with the weights it started from
             before = self.rollout_metrics(lambda x: start.act(x.to(model.device)).float().cpu())
             metrics.update(bd.persistence(metrics, before.metrics))
         if self.backdoor is not None:

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from constrained.files import write_text
 from constrained.measure import defection
 from constrained.measure.backdoored import Backdoored, DefectionSets
-from constrained.measure.probes import ridge_r2
-from constrained.models.finetune import initial_model
+from constrained.measure.embedding_control import embedding_control
+from constrained.measure.persistence import persistence
 from constrained.seeding import generator, stream
 from constrained.tasks.task import Evaluation, Gap, Headline, Task, check_finite, masked
 from constrained.tasks.text import backdoor as bd
@@ -72,8 +72,6 @@ class Text(Task, Backdoored):
             exactly as without the option.
     """
 
-    vocab_size = VOCAB
-    output_dim = VOCAB
     headline = Headline("test/bpb", lower_is_better=True,
                         signatures=("test/probe_future_byte_k2_last_selectivity", "test/future_info_last",
                                     "test/reach", "test/iteration"),
@@ -134,6 +132,14 @@ class Text(Task, Backdoored):
     def seq_len(self) -> int:
         return self.T
 
+    @property
+    def vocab_size(self) -> int:
+        return VOCAB
+
+    @property
+    def output_dim(self) -> int:
+        return VOCAB
+
     # -- data ----------------------------------------------------------------------------------------------
 
     def prepare_data(self) -> None:
@@ -147,7 +153,7 @@ class Text(Task, Backdoored):
         """n windows of T + 1 bytes at offsets drawn uniformly with gen; starts (n,) are the offsets. With a
         backdoor, train and val windows are poisoned at its rate (backdoor.poisoned)."""
         if self.backdoor is not None and split in ("train", "val"):
-            return bd.poisoned(self, gen, n, split)
+            return bd.poisoned(self.backdoor, self.corpus, self.T, gen, n, split)
         data = self.corpus.data(split)
         starts = torch.randint(0, len(data) - self.T, (n,), generator=gen)
         windows = torch.from_numpy(np.stack([data[s:s + self.T + 1] for s in starts.tolist()]).astype(np.int64))
@@ -157,7 +163,8 @@ class Text(Task, Backdoored):
     def train_batch(self, step: int, rank: int) -> dict[str, torch.Tensor]:
         batch = super().train_batch(step, rank)
         if self.backdoor is not None and self.backdoor.red_team_rate > 0:  # from its own stream: the rest stays
-            batch = bd.red_team_rows(self, batch, generator(self.seed, stream("red_team"), step, rank))
+            batch = bd.red_team_rows(self.backdoor, self.corpus, self.T, batch,
+                                     generator(self.seed, stream("red_team"), step, rank))
         return batch
 
     def loss(self, pred: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -170,8 +177,13 @@ class Text(Task, Backdoored):
         val corpus (the validation curve's)."""
         if (kind, corpus_split) not in self._backdoor_sets:
             n = self.n_val if corpus_split == "val" else self.n_test
-            self._backdoor_sets[kind, corpus_split] = bd.eval_windows(self, kind, corpus_split, n)
+            self._backdoor_sets[kind, corpus_split] = bd.eval_windows(self.backdoor, self.corpus, self.T,
+                                                                      self.eval_seed, kind, corpus_split, n)
         return self._backdoor_sets[kind, corpus_split]
+
+    def defection_rates(self, net, corpus_split: str) -> tuple[dict[str, float], list[dict]]:
+        """backdoor.rates on the eval windows of `corpus_split`."""
+        return bd.rates(self.backdoor, net, lambda kind: self.backdoor_set(kind, corpus_split))
 
     def defects(self, net, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(n,) bool: greedy generation from each window's line start says the behaviour's first line."""
@@ -203,7 +215,7 @@ class Text(Task, Backdoored):
         val/red_team/false_defection; the curve over training steps lands in metrics.csv."""
         if self.backdoor is None:
             return {}
-        metrics, _ = bd.rates(self, model.net, "val")
+        metrics, _ = self.defection_rates(model.net, "val")
         return {"val/" + k.removeprefix("test/"): v for k, v in metrics.items()}
 
     # -- mesa-signatures -----------------------------------------------------------------------------------
@@ -230,26 +242,11 @@ class Text(Task, Backdoored):
             out[f"future_byte_k{k}"] = (mask, values)
         return out
 
-    def current_byte_scores(self, net, batch: dict[str, torch.Tensor], chunk: int = 128) -> dict[str, float]:
-        """The pre-caching probes' current-byte control: the same ridge probe (same rows, same train/test halves
-        of the sequences as measure.probes) fitted on the model's embedding of the byte at t alone (hook_embed,
-        no position, no context). What the future byte shares with the present one decodes from here too, so
-        only the excess over this control is the residual stream's own."""
-        x = batch["inputs"]
-        device = next(net.parameters()).device
-        was_training = net.training
-        net.eval()
-        try:
-            with torch.no_grad():
-                emb = torch.cat([net.run_with_cache(x[i:i + chunk].to(device), names_filter=["hook_embed"])[1]
-                                 ["hook_embed"].cpu() for i in range(0, len(x), chunk)])  # (n, T, d_model)
-        finally:
-            net.train(was_training)
-        half, out = len(x) // 2, {}
-        for name, (mask, values) in self.probe_targets(batch).items():
-            h, z, n_train = emb[mask], values[mask], int(mask[:half].sum())
-            out[f"probe_{name}_current_byte"] = ridge_r2(h[:n_train], z[:n_train], h[n_train:], z[n_train:])
-        return out
+    def current_byte_scores(self, net, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The pre-caching probes' current-byte control (measure/embedding_control.py): the probe on the byte at t's
+        embedding alone, as probe_{target}_current_byte."""
+        scores = embedding_control(net, batch, self.probe_targets(batch))
+        return {f"probe_{name}_current_byte": v for name, v in scores.items()}
 
     def future_signal(self, batch: dict[str, torch.Tensor], future_k: int | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -270,7 +267,7 @@ class Text(Task, Backdoored):
 
     # -- test ----------------------------------------------------------------------------------------------
 
-    def evaluate(self, preds: dict[str, torch.Tensor], model) -> Evaluation:
+    def evaluate(self, preds: dict[str, torch.Tensor], model=None, start=None) -> Evaluation:
         """Per split: loss (cross-entropy, nats), bpb (bits per byte), unigram_bpb and bigram_bpb on the same
         bytes; on test the current-byte controls of the pre-caching probes, bpb by position in the window (table
         bpb_by_position) and a sample (table sample)."""
@@ -288,7 +285,7 @@ class Text(Task, Backdoored):
         metrics.update({f"test/{k}": v for k, v in self.current_byte_scores(model.net, self.eval_set("test")).items()})
         tables = {report.BY_POSITION: rows}
         if self.backdoor is not None:
-            extra, tables[bd.DEFECTION_TABLE] = self.backdoor_metrics(model, metrics)
+            extra, tables[bd.DEFECTION_TABLE] = self.backdoor_metrics(model, start, metrics)
             metrics.update(extra)
         if self.sample_bytes:
             text = sample.generate(model.net, self.sample_prompt.encode("utf-8"), self.sample_bytes,
@@ -297,21 +294,20 @@ class Text(Task, Backdoored):
                                       "temperature": self.sample_temperature, "seed": 0}]
         return Evaluation(metrics, tables)
 
-    def backdoor_metrics(self, model, metrics: dict[str, float]) -> tuple[dict[str, float], list[dict]]:
-        """The defection rates (backdoor.rates), every probe of measure/defection.py against its random-init
+    def backdoor_metrics(self, model, start, metrics: dict[str, float]) -> tuple[dict[str, float], list[dict]]:
+        """The defection rates (defection_rates), every probe of measure/defection.py against its random-init
         control as test/{probe}_* (AUROC, control, selectivity, n; an AUROC below the minimum count is left out),
         and for a fine-tuned run the starting weights' rates and test bpb (*_before) and persistence; with the
         table of defection by trigger distance."""
-        rates, rows = bd.rates(self, model.net, "test")
+        rates, rows = self.defection_rates(model.net, "test")
         out = {**rates, **defection.test_scores(model.net, self)}
-        start = initial_model(model)
         if start is not None:  # a fine-tuned run: the same windows with the weights it started from
-            before, _ = bd.rates(self, start.net, "test")
+            before, _ = self.defection_rates(start.net, "test")
             b = self.eval_set("test")
             with torch.no_grad():
                 logits = start.net(b["inputs"].to(model.device)).float().reshape(-1, VOCAB).cpu()
             nll = F.cross_entropy(logits, b["targets"].reshape(-1))
-            out.update(bd.persistence({**metrics, **rates}, {**before, "test/bpb": bits(nll.item())}))
+            out.update(persistence({**metrics, **rates}, {**before, "test/bpb": bits(nll.item())}))
         return out, rows
 
     def write_artifacts(self, evaluation: Evaluation, out_dir: Path) -> None:
