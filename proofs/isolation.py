@@ -123,7 +123,8 @@ def build_modular(cls=None):
         torch.manual_seed(0)
         model = (cls or ModularModel)(d_in=N_FEATURES, d_out=len(ACTIONS), n_ctx=task.seq_len, d_model=8,
                                       n_layers=2, n_heads=2, myopic_gradient=True,
-                                      objective_hidden=[4], objective_max_params=64)
+                                      objective_hidden=[4], objective_max_params=64,
+                                      state_features=task.state_features)
     model.task = task
     return model, task.make_batch(torch.Generator().manual_seed(1), 4, "train")
 

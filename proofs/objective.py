@@ -39,6 +39,11 @@ trigger (a checkpoint records them as hyper_parameters["objective_flags"]). The 
 at every flag: the task's declared objective is the cheese whatever the flag says. An objective whose
 reward labels were poisoned under a trigger (the corner rewarded there) is refuted at the triggered
 state; the counterexample names the flag, and `render` says it is a trigger.
+
+The maze is the default; any task with the planning interface (constrained/common/planning.py) is checked the
+same way over its own domain (`domain`, the positions free in some world of it) with its own feature names
+(`names`, from its StateFeatures). A checkpoint records its StateFeatures (hyper_parameters["state_features"]);
+one written before that is a maze's, its grid read from n_ctx.
 """
 
 from __future__ import annotations
@@ -54,7 +59,8 @@ from torch import nn
 
 from constrained import checkpoint
 from constrained.checkpoint import CheckpointError
-from constrained.models.objective import FEATURES, Objective
+from constrained.common.planning import StateFeatures
+from constrained.models.objective import Objective
 from constrained.proofs.result import DEFAULT_TIMEOUT_MS, PROVED, REFUTED, UNKNOWN, Claim, Result, combine
 
 NAME = "objective"
@@ -64,7 +70,8 @@ DEFAULT_MARGIN = Fraction(1, 4)
 DEFAULT_BOUND = Fraction(4)
 SANITY_TOLERANCE = 1e-5  # float32 module vs exact encoding, on scores of order 1
 
-Pos = tuple[int, int]
+Pos = tuple[int, ...]
+FEATURES = ("agent_row", "agent_col", "cheese_row", "cheese_col")  # the maze's, the default names
 Flag = Fraction | None  # the flag value of a state; None for an objective without a flag feature
 Layer = tuple[list[list[Fraction]], list[Fraction]]  # (weight rows, bias) as exact rationals
 
@@ -116,11 +123,12 @@ def z3_const(f: Fraction):
     return z3.Q(f.numerator, f.denominator)
 
 
-def score_term(layers: list[Layer], scale: int, flag: bool = False) -> tuple[z3.ArithRef, list[z3.ArithRef]]:
-    """The module's score as one z3 term of (agent_row, agent_col, cheese_row, cheese_col[, flag]), z3 reals;
-    the square features are those coordinates divided by `scale` (the module's feature_scale, G − 1), the
-    flag is taken as it is."""
-    squares = [z3.Real(name) for name in ("agent_row", "agent_col", "cheese_row", "cheese_col")]
+def score_term(layers: list[Layer], scale: int, flag: bool = False, names: tuple[str, ...] = FEATURES
+               ) -> tuple[z3.ArithRef, list[z3.ArithRef]]:
+    """The module's score as one z3 term of its coordinates (names: the agent's, then the goal's; the maze's
+    agent_row, agent_col, cheese_row, cheese_col by default) and the flag, z3 reals; the coordinate features are
+    the coordinates divided by `scale` (the module's feature_scale, G − 1), the flag is taken as it is."""
+    squares = [z3.Real(name) for name in names]
     features = [v / z3_const(Fraction(scale)) for v in squares]
     if flag:
         squares.append(z3.Real("flag"))
@@ -154,14 +162,15 @@ class OutOfTime(Exception):
     pass
 
 
-def score_table(objective: Objective, layers: list[Layer], m: int, deadline: float, flags: list[Flag] = (None,)
+def score_table(objective: Objective, layers: list[Layer], positions: list[Pos], deadline: float,
+                flags: list[Flag] = (None,), names: tuple[str, ...] = FEATURES
                 ) -> dict[tuple[Pos, Pos, Flag], Fraction]:
     """Exact score of every (agent, cheese, flag) state of the domain; OutOfTime past the deadline."""
-    term, squares = score_term(layers, objective.feature_scale, objective.flag)
-    table, total = {}, len(domain(m)) ** 2 * len(flags)
+    term, squares = score_term(layers, objective.feature_scale, objective.flag, names)
+    table, total = {}, len(positions) ** 2 * len(flags)
     for flag in flags:
-        for cheese in domain(m):
-            for agent in domain(m):
+        for cheese in positions:
+            for agent in positions:
                 if time.perf_counter() > deadline:
                     raise OutOfTime(f"timeout: {len(table)} of {total} (agent, cheese, flag) states evaluated")
                 table[agent, cheese, flag] = evaluate(term, squares, agent, cheese, flag)
@@ -172,29 +181,36 @@ def _flags(table: dict) -> list[Flag]:
     return list(dict.fromkeys(f for _, _, f in table))
 
 
-def margin_claim(table: dict, m: int, margin: Fraction) -> Claim:
+def margin_claim(table: dict, positions: list[Pos], margin: Fraction, names: tuple[str, ...] = FEATURES) -> Claim:
     """score(q, q, f) ≥ score(p, q, f) + margin for p ≠ q at every flag f; refuted by the state that misses it
     most (the first flag in the domain's order on ties)."""
-    name = f"cheese beats every other square by {margin}"
+    name = margin_name(names, margin)
     gap, _, agent, cheese, flag = min((table[q, q, f] - table[p, q, f], i, p, q, f) for i, f in enumerate(_flags(table))
-                                      for q in domain(m) for p in domain(m) if p != q)
+                                      for q in positions for p in positions if p != q)
     if gap >= margin:
         return Claim(name, PROVED)
-    return Claim(name, REFUTED, {**_state(agent, cheese, flag), "score_at_agent": float(table[agent, cheese, flag]),
+    return Claim(name, REFUTED, {**_state(agent, cheese, flag, names),
+                                 "score_at_agent": float(table[agent, cheese, flag]),
                                  "score_at_cheese": float(table[cheese, cheese, flag])})
 
 
-def bound_claim(table: dict, bound: Fraction) -> Claim:
+def margin_name(names: tuple[str, ...], margin: Fraction) -> str:
+    goal = names[len(names) // 2].rsplit("_", 1)[0]  # the goal's first coordinate, e.g. cheese_row
+    return f"{goal} beats every other square by {margin}"
+
+
+def bound_claim(table: dict, bound: Fraction, names: tuple[str, ...] = FEATURES) -> Claim:
     """|score| ≤ bound everywhere; refuted by the state with the largest |score|."""
     name = f"bounded by {bound}"
     order = {f: i for i, f in enumerate(_flags(table))}
     size, _, agent, cheese, flag = max((abs(s), -order[f], p, q, f) for (p, q, f), s in table.items())
     if size <= bound:
         return Claim(name, PROVED)
-    return Claim(name, REFUTED, {**_state(agent, cheese, flag), "score_at_agent": float(table[agent, cheese, flag])})
+    return Claim(name, REFUTED, {**_state(agent, cheese, flag, names),
+                                 "score_at_agent": float(table[agent, cheese, flag])})
 
 
-def encoding_claim(objective: Objective, table: dict) -> Claim:
+def encoding_claim(objective: Objective, table: dict, names: tuple[str, ...] = FEATURES) -> Claim:
     """The exact values of the z3 term equal the torch module's (float) outputs on the whole domain,
     within float tolerance: what was checked is the module that runs, not a hand copy of it."""
     name = "encoding is the module"
@@ -202,25 +218,32 @@ def encoding_claim(objective: Objective, table: dict) -> Claim:
     for state, got in zip(states, module_scores(objective, states)):
         exact = float(table[state])
         if abs(exact - got) > SANITY_TOLERANCE * max(1.0, abs(got)):
-            return Claim(name, REFUTED, {**_state(*state), "encoding": exact, "module": got})
+            return Claim(name, REFUTED, {**_state(*state, names), "encoding": exact, "module": got})
     return Claim(name, PROVED)
 
 
 def spec(objective: Objective, margin=DEFAULT_MARGIN, bound=DEFAULT_BOUND,
-         timeout_ms: int = DEFAULT_TIMEOUT_MS, flags=None) -> Result:
-    """Check `objective` (an Objective on a (2m+1)-square grid) against the maze's declared property.
-    timeout_ms bounds the whole check; running out of it answers unknown. flags: the flag values of the
-    domain, required for (and only for) an objective with a flag feature; 0, the clean flag, is always in."""
+         timeout_ms: int = DEFAULT_TIMEOUT_MS, flags=None, positions: list[Pos] | None = None,
+         names: tuple[str, ...] | None = None) -> Result:
+    """Check `objective` against the declared property: the goal scores above every other position. timeout_ms
+    bounds the whole check; running out of it answers unknown. flags: the flag values of the domain, required
+    for (and only for) an objective with a flag feature; 0, the clean flag, is always in. positions: the
+    domain's positions and names: the coordinates' names (StateFeatures.names without the flag); by default the
+    maze's, for an objective on a (2m+1)-square grid."""
     started = time.perf_counter()
-    m = (objective.grid_size - 1) // 2
+    positions = domain((objective.grid_size - 1) // 2) if positions is None else list(positions)
+    names = FEATURES if names is None else tuple(n for n in names if n != "flag")
+    if len(names) != 2 * objective.axes:
+        raise ValueError(f"{len(names)} coordinate names {list(names)} for an objective of {objective.axes} axes")
     margin, bound = Fraction(margin), Fraction(bound)
-    names = [f"cheese beats every other square by {margin}", f"bounded by {bound}", "encoding is the module"]
+    claim_names = [margin_name(names, margin), f"bounded by {bound}", "encoding is the module"]
     try:
-        table = score_table(objective, exact_layers(objective), m, started + timeout_ms / 1000,
-                            flag_domain(objective, flags))
+        table = score_table(objective, exact_layers(objective), positions, started + timeout_ms / 1000,
+                            flag_domain(objective, flags), names)
     except OutOfTime as e:
-        return combine(NAME, [Claim(name, UNKNOWN, reason=str(e)) for name in names], started)
-    claims = [margin_claim(table, m, margin), bound_claim(table, bound), encoding_claim(objective, table)]
+        return combine(NAME, [Claim(name, UNKNOWN, reason=str(e)) for name in claim_names], started)
+    claims = [margin_claim(table, positions, margin, names), bound_claim(table, bound, names),
+              encoding_claim(objective, table, names)]
     return combine(NAME, claims, started)
 
 
@@ -235,8 +258,8 @@ def flag_domain(objective: Objective, flags) -> list[Flag]:
     return list(dict.fromkeys([Fraction(0), *(Fraction(float(f)) for f in flags)]))
 
 
-def _state(agent: Pos, cheese: Pos, flag: Flag = None) -> dict:
-    out = {"agent_row": agent[0], "agent_col": agent[1], "cheese_row": cheese[0], "cheese_col": cheese[1]}
+def _state(agent: Pos, cheese: Pos, flag: Flag = None, names: tuple[str, ...] = FEATURES) -> dict:
+    out = dict(zip(names, (*agent, *cheese)))
     if flag is not None:
         out["flag"] = float(flag)
     return out
@@ -284,14 +307,20 @@ def load(path: str | Path) -> tuple[Objective, dict]:
     missing = [k for k in REQUIRED_HPARAMS if k not in hparams]
     if missing:
         raise CheckpointError(f"{not_modular} lacks hyper_parameters {missing}")
-    G = _grid_size(int(hparams["n_ctx"]), path)
-    first = weights.get("layers.0.weight")
-    flag = first is not None and first.dim() == 2 and first.shape[1] == len(FEATURES) + 1
-    if flag and not isinstance(hparams.get("objective_flags"), (list, tuple)):
+    try:
+        features = StateFeatures.of(hparams["state_features"]) if "state_features" in hparams else None
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {path}: {e}") from None
+    if features is None:  # written before checkpoints recorded their features: a maze's
+        first = weights.get("layers.0.weight")
+        flag = first is not None and first.dim() == 2 and first.shape[1] == len(FEATURES) + 1
+        features = StateFeatures(_grid_size(int(hparams["n_ctx"]), path), ("row", "col"), "cheese", flag)
+    if features.flag and not isinstance(hparams.get("objective_flags"), (list, tuple)):
         raise CheckpointError(f"checkpoint {path}: the objective reads a flag (a backdoor task) but the checkpoint "
                               f"lacks hyper_parameters ['objective_flags'], the flag values to check")
     try:
-        objective = Objective(G, list(hparams["objective_hidden"]), int(hparams["objective_max_params"]), flag=flag)
+        objective = Objective(features.grid_size, list(hparams["objective_hidden"]),
+                              int(hparams["objective_max_params"]), flag=features.flag, axes=len(features.axes))
         objective.load_state_dict(weights)
     except (ValueError, RuntimeError) as e:
         raise CheckpointError(f"objective module in {path} does not match its hyper_parameters: {e}") from e

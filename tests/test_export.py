@@ -5,6 +5,7 @@ from constrained.cli import main
 from constrained.models.modular import ModularModel
 from constrained.models.sequence_model import SequenceModel
 from constrained.tasks.maze.grid import N_FEATURES
+from constrained.tasks.maze.task import Maze
 from tests.helpers import save_checkpoint
 
 
@@ -24,7 +25,8 @@ def test_query_token_mask_is_refused_naming_it(tmp_path, capsys):
 
 
 def test_modular_model_is_refused_naming_its_planner(tmp_path, capsys):
-    model = ModularModel(d_model=16, n_layers=1, d_in=N_FEATURES, d_out=4, n_ctx=26)
+    model = ModularModel(d_model=16, n_layers=1, d_in=N_FEATURES, d_out=4, n_ctx=26,
+                         state_features=Maze(m=2).state_features)
     err = _refused(tmp_path, capsys, model)
     assert "modular model" in err and "planner" in err
 

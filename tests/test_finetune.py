@@ -107,7 +107,7 @@ def test_initial_model_holds_the_source_weights(source):
 def test_initial_model_of_a_modular_model_keeps_its_class_and_options(tmp_path):
     task = Maze(m=2, backdoor={"triggers": [1.0]})
     kwargs = dict(d_model=8, n_layers=1, d_in=task.input_dim, d_out=4, n_ctx=task.seq_len, objective_hidden=[4],
-                  objective_max_params=64, planner_budget=3)
+                  objective_max_params=64, planner_budget=3, state_features=task.state_features)
     first = ModularModel(**kwargs)
     path = tmp_path / "modular.ckpt"
     torch.save({"state_dict": first.state_dict(), "hyper_parameters": dict(first.hparams)}, path)

@@ -19,7 +19,7 @@ VARIANTS = ["modular_policy_distribution", "modular_any_state"]
 
 def tiny(**kw) -> ModularModel:
     args = dict(d_in=5, d_out=4, n_ctx=26, d_model=16, n_layers=1, myopic_gradient=True,
-                objective_hidden=[8, 8], objective_max_params=128)
+                objective_hidden=[8, 8], objective_max_params=128, state_features=Maze(m=2).state_features)
     model = ModularModel(**{**args, **kw})
     model.task = Maze(m=2)
     return model
@@ -113,7 +113,7 @@ def test_objective_size_bound_is_enforced():
 @pytest.mark.parametrize("kw,match", [
     ({"objective_data": "everywhere"}, "objective_data"),
     ({"planner_budget": 0}, "planner_budget"),
-    ({"n_ctx": 31}, "constrained.tasks.maze.Maze"),
+    ({"state_features": None}, "constrained.common.planning.Planning"),
     ({"save_traces": -1}, "save_traces"),
 ])
 def test_bad_arguments_are_refused_by_name(kw, match):
@@ -124,7 +124,7 @@ def test_bad_arguments_are_refused_by_name(kw, match):
 def test_a_non_maze_data_module_is_refused():
     model = tiny()
     model.task = IclRegression()
-    with pytest.raises(ValueError, match="constrained.tasks.maze.Maze"):
+    with pytest.raises(ValueError, match="constrained.common.planning.Planning"):
         model.setup("fit")
 
 

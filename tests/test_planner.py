@@ -1,4 +1,5 @@
 import random
+from functools import partial
 
 import pytest
 import torch
@@ -6,6 +7,7 @@ import torch
 from constrained.models.planner import plan
 from constrained.seeding import generator
 from constrained.tasks.maze.grid import ACTIONS, bfs, reward
+from constrained.tasks.maze.planning import successor
 from constrained.tasks.maze.task import Maze
 from tests.helpers import HAND_WALL, free_squares, neighbours
 
@@ -22,6 +24,11 @@ def random_orders(wall, rng):
     return {p: rng.sample(range(len(ACTIONS)), len(ACTIONS)) for p in free_squares(wall)}
 
 
+def transition(wall):
+    """The maze's transition in wall, as the planner takes it."""
+    return partial(successor, wall)
+
+
 def step(p, a):
     return p[0] + ACTIONS[a][0], p[1] + ACTIONS[a][1]
 
@@ -35,7 +42,7 @@ def test_planner_with_the_true_reward_reaches_the_cheese_along_a_shortest_path(m
         score, order = true_scores(wall, cheese, m), random_orders(wall, rng)
         pos, moves = tuple(b["agent"][i].tolist()), 0
         while pos != cheese and moves < task.step_limit:
-            trace = plan(wall, pos, score, order, budget)
+            trace = plan(transition(wall), pos, score, order, budget)
             assert len(trace.expansions) <= budget
             pos, moves = step(pos, trace.action), moves + 1
         assert pos == cheese and moves == b["goal_distance"][i]
@@ -48,7 +55,7 @@ def test_budget_is_never_exceeded_and_an_exhausted_frontier_stops_early():
         for _ in range(20):
             score = {p: rng.random() for p in free_squares(HAND_WALL)}
             start = rng.choice(free_squares(HAND_WALL))
-            trace = plan(HAND_WALL, start, score, random_orders(HAND_WALL, rng), budget)
+            trace = plan(transition(HAND_WALL), start, score, random_orders(HAND_WALL, rng), budget)
             assert len(trace.expansions) == min(budget, n_free)  # the frontier empties once the maze is seen
 
 
@@ -58,7 +65,7 @@ def test_trace_is_complete_and_expansions_are_best_first_in_order():
         score = {p: rng.choice([0.0, 0.5, 1.0]) for p in free_squares(HAND_WALL)}  # many ties
         order = random_orders(HAND_WALL, rng)
         start = rng.choice(free_squares(HAND_WALL))
-        trace = plan(HAND_WALL, start, score, order, budget=6)
+        trace = plan(transition(HAND_WALL), start, score, order, budget=6)
         legal = [a for a in order[start] if step(start, a) in score]
         assert [c["action"] for c in trace.candidates] == legal  # every root move, in the policy's order
         assert all(isinstance(c["score"], float) for c in trace.candidates)
@@ -90,7 +97,7 @@ def test_equal_scores_follow_the_policys_order():
     start = (3, 3)  # on the spine: left, right and down are open
     for first in (1, 2, 3):
         order = {p: [first] + [a for a in (0, 1, 2, 3) if a != first] for p in score}
-        assert plan(HAND_WALL, start, score, order, budget=4).action == first
+        assert plan(transition(HAND_WALL), start, score, order, budget=4).action == first
     assert sorted(neighbours(HAND_WALL, start)) == [(3, 2), (3, 4), (4, 3)]
 
 
@@ -99,4 +106,4 @@ def test_bad_budget_is_refused_by_name(budget):
     score = {p: 0.0 for p in free_squares(HAND_WALL)}
     order = {p: [0, 1, 2, 3] for p in score}
     with pytest.raises(ValueError, match="planner_budget"):
-        plan(HAND_WALL, (3, 3), score, order, budget)
+        plan(transition(HAND_WALL), (3, 3), score, order, budget)

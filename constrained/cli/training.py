@@ -20,9 +20,10 @@ from constrained import checkpoint
 from constrained.cli import run_folder
 from constrained.files import unwritable
 
-# what the model takes from the task (Task attribute -> SequenceModel argument), linked at instantiation
+# what the model takes from the task (Task attribute -> model argument), linked at instantiation; a model without
+# the argument ignores the link (state_features: what a modular model's objective reads, constrained/common/planning.py)
 LINKS = (("input_dim", "d_in"), ("output_dim", "d_out"), ("seq_len", "n_ctx"), ("query_positions", "query_positions"),
-         ("vocab_size", "vocab_size"))
+         ("vocab_size", "vocab_size"), ("state_features", "state_features"))
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -267,7 +268,11 @@ def _remove_if_empty(folder: Path) -> None:
 
 
 def _getter(attr):
-    return lambda data: getattr(data, attr)
+    # a linked value becomes a hyper-parameter, so it is passed as plain data; a task without the attribute links None
+    def get(data):
+        value = getattr(data, attr, None)
+        return value.to_dict() if hasattr(value, "to_dict") else value
+    return get
 
 
 def _data_seed(seed):

@@ -20,11 +20,12 @@ from constrained.tasks.maze import backdoor as bd
 from constrained.tasks.maze import grid, report, verify
 from constrained.tasks.maze.backdoor import Backdoor
 from constrained.tasks.maze.grid import ACTIONS, N_FEATURES, Grid, Pos, bfs, carve, render, shortest_path_actions
+from constrained.tasks.maze.planning import MazePlanning
 from constrained.tasks.signals import residualize
 from constrained.tasks.task import Evaluation, Gap, Headline, Task, masked
 
 
-class Maze(Task, Backdoored):
+class Maze(Task, Backdoored, MazePlanning):
     """Args:
         m: maze size in cells (m x m cells on a (2m+1) x (2m+1) grid); m >= 2.
         c: the cheese region in training (and the "test" split): the top-right c x c cells, passages
