@@ -13,7 +13,6 @@ as its previous block, which the mask hides.
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 
@@ -129,42 +128,23 @@ def _with_column(x: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, extra.expand(B, H, T).unsqueeze(-1)], -1)
 
 
-
-
 @functools.lru_cache(maxsize=32)
 def _band_mask(B, T, size, horizon, is_query, device, dtype) -> torch.Tensor:
     """(B·nb, 1, size, 2·size) additive mask of `Band`: cached, the model asks for the same few every step."""
-    i, j = _positions(T, size, device)
+    _, _, allowed = block_grid(T, size, horizon, is_query, device)
+    return additive(allowed, dtype).unsqueeze(1).repeat(B, 1, 1, 1)
+
+
+def block_grid(T: int, size: int, horizon: int | None, is_query: tuple[bool, ...] | None, device):
+    """Query positions i (nb, size, 1), key positions j (nb, 1, 2·size) of blocks of `size` queries against the
+    previous block's keys and their own (j < 0 before the first block, j >= T past the end), and where `attends`
+    lets i read j (nb, size, 2·size)."""
+    nb = -(-T // size)
+    blocks = torch.arange(nb, device=device)[:, None, None] * size
+    i = blocks + torch.arange(size, device=device)[:, None]
+    j = blocks - size + torch.arange(2 * size, device=device)
     j_is_query = None
     if is_query is not None:  # padded: no position before 0 or past T is a query
         flags = torch.tensor((False,) + is_query + (False,), dtype=torch.bool, device=device)
         j_is_query = flags[(j + 1).clamp(0, T + 1)]
-    allowed = attends(i, j, horizon, j_is_query) & (j >= 0)  # (nb, size, 2·size)
-    return additive(allowed, dtype).unsqueeze(1).repeat(B, 1, 1, 1)
-
-
-def _positions(T: int, size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Query positions i (nb, size, 1) and key positions j (nb, 1, 2·size) of `Band`'s blocks; j < 0 before the
-    first block."""
-    nb = -(-T // size)
-    blocks = torch.arange(nb, device=device)[:, None, None] * size
-    return blocks + torch.arange(size, device=device)[:, None], blocks - size + torch.arange(2 * size, device=device)
-
-
-def band_weights(band: Band, reach_h: float, device, dtype) -> torch.Tensor:
-    """(B·nb, 1, size, 2·size): min(0, i - h - j) at each (query i, key j) of the band: nonzero only for the keys
-    within h of i (and after it, which the mask hides)."""
-    return _band_weights(band.B, band.T, band.size, float(reach_h), device, dtype)
-
-
-@functools.lru_cache(maxsize=32)
-def _band_weights(B, T, size, reach_h, device, dtype):
-    i, j = _positions(T, size, device)
-    w = (i.to(dtype) - reach_h - j.to(dtype)).clamp(max=0.0)
-    return w.unsqueeze(1).repeat(B, 1, 1, 1)
-
-
-def reach_band_size(reach_h: float) -> int:
-    """The reach band's block size: it holds the keys with 0 <= i - j < h (where max(0, i - h - j) differs from
-    i - h - j), ceil(h) of them at most, so blocks of ceil(h) (one more than `Band` needs)."""
-    return max(1, math.ceil(reach_h))
+    return i, j, attends(i, j, horizon, j_is_query) & (j >= 0)

@@ -15,7 +15,8 @@ returns each row's logsumexp) in a layout of kernels/band.py, with the options t
       T r_i = (i - h) - E_i - N_i,  E_i = Σ_j p_ij j,  N_i = Σ_j p_ij min(0, i - h - j).
 
   E_i is one more value column (the position j) in the fused pass (q and k get a zero column, so the scores
-  stay); N_i is nonzero only for the keys within h of i: a `Band` of those keys, p from the fused pass's lse.
+  stay); N_i is nonzero only for the keys within h of i: `ReachBand` (kernels/reach_band.py), p from the fused
+  pass's lse.
   Backward: with g_i = -dr_i / T as do's extra column, the scores' gradient from reach is
   g_i p_ij (j + min(0, i - h - j) - E_i - N_i). The fused backward gives p_ij (g_i j - delta_i), and reads
   delta_i from the output it is handed: handing it E_i + N_i in the extra column puts g_i (E_i + N_i) there.
@@ -31,7 +32,8 @@ import math
 
 import torch
 
-from constrained.kernels.band import Band, Dense, band_size, band_weights, reach_band_size
+from constrained.kernels.band import Band, Dense, band_size
+from constrained.kernels.reach_band import ReachBand
 
 _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
@@ -64,36 +66,44 @@ class FlashCPU(torch.autograd.Function):
         # no key lies beyond h: reach is exactly 0 (the identity below would leave rounding in its place)
         farthest = T - 1 if horizon is None else min(T, horizon) - 1
         reach = reach_h is not None and farthest > reach_h
-        zero = pos = None
+        zero = one = pos = None
         if reach:
             pos = torch.arange(T, device=q.device, dtype=q.dtype)
-            zero = pos.new_zeros(())
-        qx, kx = layout.queries(q, zero), layout.keys(k, zero)
+            zero, one = pos.new_zeros(()), pos.new_ones(())
+        qx, kx = layout.queries(q, zero), layout.keys(k, one)  # k's extra column meets q's zero: any value serves
         vx = layout.keys(v, pos)
         if layout.mask is None:
             ox, lse_x = _flash(qx, kx, vx, is_causal=True, scale=scale)[:2]
         else:
             ox, lse_x = _flash(qx, kx, vx, attn_mask=layout.mask, scale=scale)[:2]
         out = layout.rows(ox)
-        r = band = pw = None
+        r = band = None
+        near = ()
         if reach:
             out, e = out[..., :D], out[..., D]
             lse = layout.rows(lse_x)
-            band = Band(B, T, reach_band_size(reach_h), horizon, is_query, q.device, q.dtype)
-            pw = _band_probs(band, q, k, lse, scale) * band_weights(band, reach_h, q.device, q.dtype)
-            n = band.rows(pw.sum(-1))  # N_i (B, H, T)
+            band = ReachBand(B, H, T, reach_h, horizon, is_query, q.device, q.dtype)
+            # the fused pass's (B, H, T, D + 1) copies serve the band where they fit (qx's column lent meanwhile)
+            shared = isinstance(layout, Dense) and band.fits(qx) and band.fits(kx)
+            q1, k1 = (qx, kx) if shared else (band.columns(q, 0.0), band.columns(k, one))
+            q1[:, :, :T, D] = -lse / scale
+            n, near = band.forward(q1, k1, scale)  # N_i (B, H, T)
+            if shared:
+                qx[..., D] = 0
+            else:
+                near += (q1, k1)
             r = ((pos - reach_h) - e - n) / T
             ox[..., D] = layout.queries(e + n)  # what the backward's delta reads (module docstring)
         elif reach_h is not None:
             r = q.new_zeros(B, H, T)
-        ctx.save_for_backward(q, k, v, qx, kx, vx, ox, lse_x, r if reach else None, pw)
+        ctx.save_for_backward(q, k, v, qx, kx, vx, ox, lse_x, r if reach else None, *near)
         ctx.options = (layout, band, myopic, k_past is not None, scale)
         return out, r
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, do, dr):
-        q, k, v, qx, kx, vx, ox, lse_x, r, pw = ctx.saved_tensors
+        q, k, v, qx, kx, vx, ox, lse_x, r, *near = ctx.saved_tensors
         layout, band, myopic, past, scale = ctx.options
         D, T = q.shape[-1], q.shape[2]
         reach = r is not None
@@ -105,14 +115,17 @@ class FlashCPU(torch.autograd.Function):
             dox = layout.queries(do, g)
             dqx, dkx, dvx = _flash_backward(dox, qx, kx, vx, ox, lse_x, 0.0, layout.mask is None,
                                             attn_mask=layout.mask, scale=scale)[:3]
+            want_dk = not myopic or past
             dq = layout.rows(dqx)[..., :D]
-            if not myopic or past:
+            if want_dk:
                 dk_full, dv_full = layout.fold(dkx)[..., :D], layout.fold(dvx)[..., :D]
             if reach:
-                dsb = pw * band.queries(g).unsqueeze(-1)  # the band's share of dS (B·nb, H, size, 2·size)
-                dq = dq + band.rows(dsb @ band.keys(k)) * scale
-                if dk_full is not None:
-                    dk_full = dk_full + band.fold(dsb.transpose(-1, -2) @ band.queries(q)) * scale
+                prev, own, *copies = near
+                q1, k1 = copies or (qx, kx)
+                dq_near, dk_near = band.backward(g, prev, own, q1, k1, want_dk)
+                dq = torch.add(dq, dq_near, alpha=scale)
+                if want_dk:
+                    dk_full = torch.add(dk_full, dk_near, alpha=scale)
         if not myopic:
             return dq, dk_full, dv_full, None, None, None, None, None, None
         o = layout.rows(ox)[..., :D]
@@ -129,9 +142,3 @@ class FlashCPU(torch.autograd.Function):
         if not past:
             return dq, dk, dv, None, None, None, None, None, None
         return dq, dk, dv, None, None, None, None, dk_full - dk, dv_full - dv
-
-
-def _band_probs(band: Band, q, k, lse, scale) -> torch.Tensor:
-    """p_ij = exp(s_ij - lse_i) on the band (B·nb, H, size, 2·size), 0 where the mask hides j."""
-    scores = band.queries(q) @ band.keys(k).transpose(-1, -2) * scale + band.mask
-    return torch.exp(scores - band.queries(lse).unsqueeze(-1))

@@ -52,7 +52,7 @@ def test_horizon_in_blocks_equals_the_reference(one_thread, T, horizon, form):
 
 
 @pytest.mark.parametrize("form", FORMS)
-@pytest.mark.parametrize("T, reach_h", [(1, 2.0), (2, 0.0), (11, 2.5), (11, 3.0), (40, 9.0), (70, 16.0)])
+@pytest.mark.parametrize("T, reach_h", [(1, 2.0), (2, 0.0), (11, 2.5), (11, 3.0), (40, 9.0), (64, 16.0), (70, 16.0)])
 def test_reach_without_the_pattern_equals_the_reference(one_thread, T, reach_h, form):
     assert_matches_reference(T, form, reach_h=reach_h)
     assert_matches_reference(T, form, reach_h=reach_h, is_query=queries(T))
