@@ -12,7 +12,7 @@ import heapq
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-Pos = tuple[int, ...]
+from constrained.common.planning import Pos
 
 
 @dataclass
