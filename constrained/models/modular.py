@@ -122,7 +122,7 @@ class ModularModel(SequenceModel):
 
     def _objective_generator(self) -> torch.Generator:
         # a pure function of (seed, step, rank), like the training batches, so a resumed run draws the same
-        trainer = self._trainer
+        trainer = self.attached_trainer
         rank = trainer.global_rank if trainer is not None else 0
         return generator(self.task.seed, stream("objective"), self.global_step, rank)
 
