@@ -33,6 +33,7 @@ class Backdoored(ABC):
     (the task is then its plain self and nothing here is measured)."""
 
     backdoor: Any = None
+    eval_seed: int  # every Task has it; it seeds the random-init control the defection probes are read against
 
     @abstractmethod
     def defection_probe_sets(self, split: str = "test", n: int | None = None) -> DefectionSets:
