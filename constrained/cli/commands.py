@@ -148,6 +148,7 @@ def export_command(rest: list[str]) -> int:
 
 
 def measure_command(rest: list[str]) -> int:
+    from constrained.cli.summary import metric_lines
     from constrained.measure.external import MeasureError, loader_args, run
 
     p = argparse.ArgumentParser(prog="constrained measure",
@@ -167,9 +168,12 @@ def measure_command(rest: list[str]) -> int:
     except MeasureError as e:
         print(f"constrained measure: error: {e}", file=sys.stderr)
         return 2
-    width = max(map(len, metrics))
-    for k, v in metrics.items():
-        print(f"{k:<{width}}  {v:.6g}")
+    print(f"constrained measure: {len(metrics)} test-time metrics (probes beside their random-init control, "
+          f"future_info, reach, iteration)\n  model  {a.model_loader}({', '.join(a.loader_arg)})\n"
+          f"  task   {' + '.join(a.config)}\n")
+    print("\n".join(metric_lines(metrics)))
+    if a.out:
+        print(f"written to {a.out}")
     return 0
 
 

@@ -18,6 +18,8 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from constrained import checkpoint
 from constrained.cli import run_folder
+from constrained.cli.quiet import quiet
+from constrained.cli.summary import fit_summary, test_summary
 from constrained.files import unwritable
 
 # what the model takes from the task (Task attribute -> model argument), linked at instantiation; a model without
@@ -40,7 +42,7 @@ class LastCheckpoint(ModelCheckpoint):
         # after a step that is a multiple of save_every, ModelCheckpoint has just written last.ckpt
         if trainer.global_step % self.save_every and not trainer.fast_dev_run:
             self.last_model_path = self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)  # part of the state
-            trainer.save_checkpoint(self.last_model_path)
+            trainer.save_checkpoint(self.last_model_path, weights_only=self.save_weights_only)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -82,6 +84,7 @@ class CLI(LightningCLI):
         self._made = [] if made is None else made  # what this invocation created, removed if it fails before logging
         self._identity: dict | None = None
         self._read: dict[Path, dict] = {}  # checkpoints read at start-up, each read once, dropped before training
+        self._summarize = False
         super().__init__(*args, **kwargs)
 
     def parse_arguments(self, parser, args) -> None:
@@ -175,6 +178,19 @@ class CLI(LightningCLI):
                 folders = [root / "checkpoints"] + ([Path(best)] if best else [])
                 run_folder.check_folder(root, folders, self._identity, read=self._checkpoint)
         self._read.clear()  # a checkpoint's weights and optimizer state are not kept through training
+
+    def after_fit(self) -> None:
+        if self.trainer.is_global_zero:
+            print(fit_summary(self.datamodule, self.trainer))
+
+    def before_test(self) -> None:
+        # Lightning's table of every metric gives way to the summary after the test (--verbose false: neither)
+        self._summarize = bool(self.config_init["test"].get("verbose", True))
+        self.config_init["test"]["verbose"] = False
+
+    def after_test(self) -> None:
+        if self._summarize and self.trainer.is_global_zero:
+            print(test_summary(self.datamodule, self.trainer))
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         section = self.config_init[self.subcommand] if self.subcommand else self.config_init
@@ -284,6 +300,7 @@ def _data_seed(seed):
 def run_training(args: list[str] | None) -> None:
     """args=None reads sys.argv (the console script); a list runs in-process (tests, scripts)."""
     made: list = []
+    quiet()
     try:
         CLI(
             L.LightningModule,
