@@ -135,14 +135,14 @@ def _band_mask(B, T, size, horizon, is_query, device, dtype) -> torch.Tensor:
     return additive(allowed, dtype).unsqueeze(1).repeat(B, 1, 1, 1)
 
 
-def block_grid(T: int, size: int, horizon: int | None, is_query: tuple[bool, ...] | None, device):
-    """Query positions i (nb, size, 1), key positions j (nb, 1, 2·size) of blocks of `size` queries against the
-    previous block's keys and their own (j < 0 before the first block, j >= T past the end), and where `attends`
-    lets i read j (nb, size, 2·size)."""
+def block_grid(T: int, size: int, horizon: int | None, is_query: tuple[bool, ...] | None, device, span: int = 1):
+    """Query positions i (nb, size, 1), key positions j (nb, 1, (span + 1)·size) of blocks of `size` queries against
+    the keys of the `span` blocks before them and their own (j < 0 before the first block, j >= T past the end),
+    and where `attends` lets i read j (nb, size, (span + 1)·size)."""
     nb = -(-T // size)
     blocks = torch.arange(nb, device=device)[:, None, None] * size
     i = blocks + torch.arange(size, device=device)[:, None]
-    j = blocks - size + torch.arange(2 * size, device=device)
+    j = blocks - span * size + torch.arange((span + 1) * size, device=device)
     j_is_query = None
     if is_query is not None:  # padded: no position before 0 or past T is a query
         flags = torch.tensor((False,) + is_query + (False,), dtype=torch.bool, device=device)

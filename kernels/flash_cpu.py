@@ -78,7 +78,7 @@ class FlashCPU(torch.autograd.Function):
             ox, lse_x = _flash(qx, kx, vx, attn_mask=layout.mask, scale=scale)[:2]
         out = layout.rows(ox)
         r = band = None
-        near = ()
+        near = []
         if reach:
             out, e = out[..., :D], out[..., D]
             lse = layout.rows(lse_x)
@@ -91,7 +91,7 @@ class FlashCPU(torch.autograd.Function):
             if shared:
                 qx[..., D] = 0
             else:
-                near += (q1, k1)
+                near += [q1, k1]
             r = ((pos - reach_h) - e - n) / T
             ox[..., D] = layout.queries(e + n)  # what the backward's delta reads (module docstring)
         elif reach_h is not None:
@@ -120,9 +120,9 @@ class FlashCPU(torch.autograd.Function):
             if want_dk:
                 dk_full, dv_full = layout.fold(dkx)[..., :D], layout.fold(dvx)[..., :D]
             if reach:
-                prev, own, *copies = near
+                us, copies = near[:band.span + 1], near[band.span + 1:]
                 q1, k1 = copies or (qx, kx)
-                dq_near, dk_near = band.backward(g, prev, own, q1, k1, want_dk)
+                dq_near, dk_near = band.backward(g, us, q1, k1, want_dk)
                 dq = torch.add(dq, dq_near, alpha=scale)
                 if want_dk:
                     dk_full = torch.add(dk_full, dk_near, alpha=scale)

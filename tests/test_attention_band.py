@@ -11,6 +11,7 @@ import constrained.kernels.band as band_lib
 import constrained.kernels.flash_cpu as flash_lib
 from constrained.kernels.attention import attention, attention_reference
 from constrained.kernels.band import Band, band_size
+from constrained.kernels.reach_band import reach_band_shape
 
 FORMS = [None, "kv", "input"]
 
@@ -52,8 +53,10 @@ def test_horizon_in_blocks_equals_the_reference(one_thread, T, horizon, form):
 
 
 @pytest.mark.parametrize("form", FORMS)
-@pytest.mark.parametrize("T, reach_h", [(1, 2.0), (2, 0.0), (11, 2.5), (11, 3.0), (40, 9.0), (64, 16.0), (70, 16.0)])
+@pytest.mark.parametrize("T, reach_h", [(1, 2.0), (2, 0.0), (11, 2.5), (11, 3.0), (40, 9.0), (64, 16.0), (70, 16.0),
+                                        (96, 20.0), (70, 33.5)])
 def test_reach_without_the_pattern_equals_the_reference(one_thread, T, reach_h, form):
+    """Blocks of ceil(h) with one block before them (h <= 16), and blocks of 16 or more with two (20, 33.5)."""
     assert_matches_reference(T, form, reach_h=reach_h)
     assert_matches_reference(T, form, reach_h=reach_h, is_query=queries(T))
 
@@ -108,6 +111,7 @@ def test_a_horizon_is_computed_in_blocks_of_the_horizon(monkeypatch):
     attention(q[:, :, :100], k[:, :, :100], v[:, :, :100], horizon=32)
     assert built == [32]
     assert band_size(64, 8) == 16 and band_size(63, 8) is None and band_size(1024, 32) == 32
+    assert reach_band_shape(8.0) == (8, 1) and reach_band_shape(32.0) == (16, 2) and reach_band_shape(33.5) == (17, 2)
 
 
 def test_band_layout_round_trips_and_folds():
