@@ -17,8 +17,8 @@ pytestmark = pytest.mark.lens
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from constrained.cli import main
+from constrained.cli.measure import task_from_configs
 from constrained.measure import signatures
-from constrained.measure.external import task_from_configs
 from constrained.models.config import TransformerConfig
 from constrained.models.export import ExportError, check_masks, lens_state_dict, to_hooked_transformer
 from constrained.models.lens import VectorInput

@@ -148,8 +148,8 @@ def export_command(rest: list[str]) -> int:
 
 
 def measure_command(rest: list[str]) -> int:
+    from constrained.cli.measure import MeasureError, loader_args, run
     from constrained.cli.summary import metric_lines
-    from constrained.measure.external import MeasureError, loader_args, run
 
     p = argparse.ArgumentParser(prog="constrained measure",
                                 description="A task's test-time probe scores and signatures on any model with "

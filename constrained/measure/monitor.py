@@ -6,7 +6,6 @@ import lightning as L
 
 from constrained.measure import defection, probes
 from constrained.measure.backdoored import planted
-from constrained.models.transformer import Transformer
 
 
 class ProbeMonitor(L.Callback):
@@ -41,8 +40,8 @@ class ProbeMonitor(L.Callback):
         if trainer.sanity_checking:
             return
         net = getattr(pl_module, "net", None)
-        if not isinstance(net, Transformer):
-            raise TypeError(f"ProbeMonitor reads hooks of pl_module.net (a Transformer); "
+        if not hasattr(net, "run_with_cache"):
+            raise TypeError(f"ProbeMonitor reads hooks of pl_module.net (a model with run_with_cache); "
                             f"{type(pl_module).__name__} has {type(net).__name__}")
         scores = {}
         if self.targets:  # a task without probe targets still gets its signatures watched

@@ -9,13 +9,14 @@ Transformer or a TransformerLens HookedTransformer alike.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torchmetrics.functional.classification import binary_auroc
 
 from constrained.common.eval_mode import eval_mode
 from constrained.measure.hooked import HookedModel, check_hooks, device_of, n_layers
-from constrained.models import lens
 
 # name -> (mask (n, T) bool, values (n, T, k)); float values get a ridge probe (R²), bool values (k = 1) a
 # logistic classifier probe (AUROC)
@@ -82,9 +83,24 @@ def random_control(model: HookedModel, seed: int) -> HookedModel:
     if hasattr(model, "reinitialized"):
         return model.reinitialized(seed)
     if hasattr(model, "cfg"):
-        return lens.reinitialized(model, seed)
+        return rebuilt_from_cfg(model, seed)
     raise TypeError(f"random_control: {type(model).__name__} is neither our Transformer nor a TransformerLens "
                     f"model (no cfg), so there is no config to initialize afresh")
+
+
+def rebuilt_from_cfg(model, seed: int):
+    """A TransformerLens model's config freshly initialized by TransformerLens's own scheme, deterministic in
+    `seed`: built on the CPU inside a forked RNG (the global random state is untouched), then moved where `model`
+    is."""
+    param = next(model.parameters())
+    cfg = copy.deepcopy(model.cfg)
+    cfg.seed, cfg.init_weights, cfg.device, cfg.n_devices = None, True, "cpu", 1
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        control = type(model)(cfg, tokenizer=getattr(model, "tokenizer", None), move_to_device=False)
+    if param.device.type != "cpu":
+        control = control.to(param.device, print_details=False)  # HookedTransformer.to also updates cfg.device
+    return control.requires_grad_(False).eval()
 
 
 @torch.no_grad()

@@ -8,18 +8,18 @@ user's own. transformer_lens is imported inside them: the package works without 
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from constrained.measure.probes import rebuilt_from_cfg
 from constrained.models.config import TransformerConfig
 from constrained.models.export import CONFIG, META, WEIGHTS, core_from_checkpoint, read_in, to_hooked_transformer
 from constrained.models.transformer import Transformer
 
-__all__ = ["LoadError", "VectorInput", "read_in", "load", "from_pretrained", "checkpoint_core", "reinitialized"]
+__all__ = ["LoadError", "VectorInput", "read_in", "load", "from_pretrained", "checkpoint_core"]
 
 
 class LoadError(ValueError):
@@ -58,7 +58,7 @@ class VectorInput(nn.Module):
 
     def reinitialized(self, seed: int) -> VectorInput:
         inner = getattr(self.model, "reinitialized", None)  # an export's: our core's init scheme
-        return VectorInput(inner(seed) if inner is not None else reinitialized(self.model, seed))
+        return VectorInput(inner(seed) if inner is not None else rebuilt_from_cfg(self.model, seed))
 
 
 def load(path: str, device: str = "cpu"):
@@ -104,17 +104,3 @@ def from_pretrained(name: str, device: str = "cpu", **kwargs):
 def checkpoint_core(path: str, device: str = "cpu"):
     """Our core from a checkpoint of `constrained fit`: measured by the same command as its export."""
     return core_from_checkpoint(path, exportable=False)[0].to(device)
-
-
-def reinitialized(model, seed: int):
-    """The same config freshly initialized by TransformerLens's own scheme, deterministic in `seed`: built on the
-    CPU inside a forked RNG (the global random state is untouched), then moved where `model` is."""
-    param = next(model.parameters())
-    cfg = copy.deepcopy(model.cfg)
-    cfg.seed, cfg.init_weights, cfg.device, cfg.n_devices = None, True, "cpu", 1
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        control = type(model)(cfg, tokenizer=getattr(model, "tokenizer", None), move_to_device=False)
-    if param.device.type != "cpu":
-        control = control.to(param.device, print_details=False)  # HookedTransformer.to also updates cfg.device
-    return control.requires_grad_(False).eval()
