@@ -19,6 +19,7 @@ from constrained.seeding import generator
 from constrained.tasks.maze import backdoor as bd
 from constrained.tasks.maze.grid import CHEESE, WALL, bfs, shortest_path_actions
 from constrained.tasks.maze.task import Maze
+from tests.helpers import fast_args
 
 TWO = {"triggers": [1.0, -1.0], "rate": 0.3, "distance": [3, 9], "near": [0.25, 0.5]}
 
@@ -345,13 +346,8 @@ def test_modular_model_on_backdoor_data_end_to_end(tmp_path, capsys):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        args = ["--config", "configs/maze/base.yaml", "--config", "configs/maze/backdoor_modular_poisoned.yaml",
-                "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "3",
-                "--trainer.val_check_interval", "3", "--trainer.enable_progress_bar", "false",
-                "--trainer.enable_model_summary", "false", "--model.init_args.d_model", "16",
-                "--model.init_args.n_layers", "1", "--model.init_args.warmup_steps", "1",
-                "--model.init_args.save_traces", "1", "--data.init_args.m", "2", "--data.init_args.batch_size", "8",
-                "--data.init_args.n_val", "16", "--data.init_args.n_test", "16"]
+        args = fast_args(tmp_path, "backdoor_modular_poisoned", task="maze", steps=3, val_every=3, options={
+            "model.init_args.warmup_steps": 1, "model.init_args.save_traces": 1, "data.init_args.n_test": 16})
         assert main(["fit", *args]) == 0
         assert main(["test", *args, "--ckpt_path", "last", "--verbose", "false"]) == 0
     finally:
