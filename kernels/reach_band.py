@@ -57,41 +57,41 @@ class ReachBand:
         """N (B, H, T) from q1 (q with -lse / scale as its last column) and k1 (k with 1), and the -p·w against each
         offset's keys (M, size, size) the backward reads."""
         qb, kb = self._blocks(q1), self._blocks(k1)
+        M = len(qb)
         us = []
         n = None
         for d, log_w in enumerate(self.log_w):
-            u = torch.empty(log_w.shape, dtype=qb.dtype, device=qb.device)
+            u = qb.new_empty(M, self.size, self.size)
             u[:d] = 0  # blocks with no d-th block before them
-            torch.baddbmm(log_w[d:], qb[d:], kb[:len(kb) - d].mT, alpha=scale, out=u[d:]).exp_()
+            torch.baddbmm(log_w[d:], qb[d:], kb[:M - d].mT, alpha=scale, out=u[d:]).exp_()
             n = u.sum(-1) if n is None else n.add_(u.sum(-1))
             us.append(u)
-        n = n.neg_()  # (M, size)
-        return n.view(q1.shape[0], q1.shape[1], self.Tp)[:, :, :self.T], us
+        return n.neg_().view(q1.shape[0], q1.shape[1], self.Tp)[:, :, :self.T], us
 
     def backward(self, g, us, q1, k1, want_dk: bool = True):
         """The band's share of dq and dk (B, H, T, D), less the factor scale: dS_ij = g_i p_ij w_ij = -g_i u_ij for
         g = dN (B, H, T). dk None unless wanted."""
         gb = -torch.nn.functional.pad(g, (0, self.Tp - self.T)).reshape(-1, self.size, 1)
-        D = q1.shape[-1] - 1
-        q_, k_ = self._blocks(q1)[..., :D], self._blocks(k1)[..., :D]
-        M = len(q_)
+        qb, kb = self._blocks(q1), self._blocks(k1)  # whole rows, extra column too: contiguous products
+        M = len(qb)
         dq = dk = None
         for d, u in enumerate(us):
             ds = u[d:] * gb[d:]
             if d == 0:
-                dq = torch.bmm(ds, k_)
-                dk = torch.bmm(ds.mT, q_) if want_dk else None
+                dq = torch.bmm(ds, kb)
+                dk = torch.bmm(ds.mT, qb) if want_dk else None
                 continue
-            dq[d:].baddbmm_(ds, k_[:M - d])
+            dq[d:].baddbmm_(ds, kb[:M - d])
             if want_dk:
-                dk[:M - d].baddbmm_(ds.mT, q_[d:])
-        return self._rows(dq, q1), (None if dk is None else self._rows(dk, q1))
+                dk[:M - d].baddbmm_(ds.mT, qb[d:])
+        D = q1.shape[-1] - 1
+        return self._rows(dq[..., :D], q1), (None if dk is None else self._rows(dk[..., :D], q1))
 
     def _blocks(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(-1, self.size, x.shape[-1])
 
     def _rows(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return x.view(like.shape[0], like.shape[1], self.Tp, -1)[:, :, :self.T]
+        return x.reshape(like.shape[0], like.shape[1], self.Tp, x.shape[-1])[:, :, :self.T]
 
 
 @functools.lru_cache(maxsize=32)
