@@ -123,9 +123,10 @@ class FlashCPU(torch.autograd.Function):
                 us, copies = near[:band.span + 1], near[band.span + 1:]
                 q1, k1 = copies or (qx, kx)
                 dq_near, dk_near = band.backward(g, us, q1, k1, want_dk)
-                dq = torch.add(dq, dq_near, alpha=scale)
+                # in place: dq, dk_full are views of the fused backward's fresh outputs (or fresh copies of them)
+                dq.add_(dq_near, alpha=scale)
                 if want_dk:
-                    dk_full = torch.add(dk_full, dk_near, alpha=scale)
+                    dk_full.add_(dk_near, alpha=scale)
         if not myopic:
             return dq, dk_full, dv_full, None, None, None, None, None, None
         o = layout.rows(ox)[..., :D]
@@ -141,4 +142,4 @@ class FlashCPU(torch.autograd.Function):
         dv = (p_own.unsqueeze(-1) * doa).to(v.dtype)
         if not past:
             return dq, dk, dv, None, None, None, None, None, None
-        return dq, dk, dv, None, None, None, None, dk_full - dk, dv_full - dv
+        return dq, dk, dv, None, None, None, None, dk_full.sub_(dk), dv_full.sub_(dv)
