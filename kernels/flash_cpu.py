@@ -14,7 +14,7 @@ returns each row's logsumexp) in a layout of kernels/band.py, with the options t
 
       T r_i = (i - h) - E_i - N_i,  E_i = Σ_j p_ij j,  N_i = Σ_j p_ij min(0, i - h - j).
 
-  E_i is one more value column (the position j) in the fused pass (q and k get a zero column, so the scores
+  E_i is one more value column (the position j) in the fused pass (q gets a zero column, k any, so the scores
   stay); N_i is nonzero only for the keys within h of i: `ReachBand` (kernels/reach_band.py), p from the fused
   pass's lse.
   Backward: with g_i = -dr_i / T as do's extra column, the scores' gradient from reach is
