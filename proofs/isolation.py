@@ -26,8 +26,9 @@ at a random input except on a measure-zero set, so a random input is a fair witn
 
 The timeout does not apply (no solver query); the check takes well under a second.
 
-The modular model (constrained/modular.py): for a small ModularModel on a batch of 2 x 2-cell mazes,
-the training loss's terms as `loss_terms` returns them. Claims:
+The modular model (constrained/models/modular.py): for a small ModularModel on a batch of 4 episodes of the
+line world (constrained/proofs/line_world.py: 6 cells, three moves; a planning world below the tasks' floor, so
+the spec names no task), the training loss's terms as `loss_terms` returns them. Claims:
 
 - the policy's loss has no path into the objective: autograd finds no path (None) from any term but
   `objective` to any parameter of the objective module;
@@ -114,14 +115,14 @@ def kv_projection_claim(strict: Transformer, loose: Transformer) -> Claim:
 
 
 def build_modular(cls=None):
-    """A small ModularModel on 2 x 2-cell mazes (5 x 5 grid) and a batch of 4 training episodes."""
+    """A small ModularModel on a 6-cell line world and a batch of 4 training episodes."""
     from constrained.models.modular import ModularModel
-    from constrained.tasks.maze.task import ACTIONS, N_FEATURES, Maze
+    from constrained.proofs.line_world import LineWorld
 
-    task = Maze(m=2, c=1)
+    task = LineWorld(L=6)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = (cls or ModularModel)(d_in=N_FEATURES, d_out=len(ACTIONS), n_ctx=task.seq_len, d_model=8,
+        model = (cls or ModularModel)(d_in=task.input_dim, d_out=task.output_dim, n_ctx=task.seq_len, d_model=8,
                                       n_layers=2, n_heads=2, myopic_gradient=True,
                                       objective_hidden=[4], objective_max_params=64,
                                       state_features=task.state_features)

@@ -1,7 +1,7 @@
-"""A planning task is one module: this file defines a second task with the planning interface (a corridor with
-three moves, one of them a jump), registers it nowhere else, and runs the modular model on it: the planner
-walks its transitions, the model fits and tests through the command line, and the objective spec checks what
-was trained."""
+"""A planning task needs no registration: this file makes a second task with the planning interface out of the
+line world (constrained/proofs/line_world.py: a corridor with three moves, one of them a jump), registers it
+nowhere else, and runs the modular model on it: the planner walks its transitions, the model fits and tests
+through the command line, and the objective spec checks what was trained."""
 
 from fractions import Fraction
 from functools import partial
@@ -12,88 +12,29 @@ import torch.nn.functional as F
 import yaml
 
 from constrained.cli import main
-from constrained.common.planning import Planning, StateFeatures
+from constrained.common.planning import StateFeatures
 from constrained.models.modular import ModularModel
 from constrained.models.objective import Objective
 from constrained.models.planner import plan
 from constrained.proofs import objective as spec
+from constrained.proofs.line_world import STEPS, LineWorld, distances
 from constrained.proofs.result import PROVED, REFUTED
 from constrained.seeding import generator
 from constrained.tasks.maze.task import Maze
 from constrained.tasks.signals import residualize
-from constrained.tasks.task import Evaluation, Headline, Task, masked
-
-WALL, FREE, AGENT, GOAL, QUERY = range(5)
-STEPS = (-1, 1, 2)  # left, right, and a jump two to the right, over whatever lies between
+from constrained.tasks.task import Evaluation, Headline, Task
 
 
-def distances(wall: list[bool], goal: int) -> list[int]:
-    """Moves from every position to goal (-1 where it cannot be reached), backwards over STEPS."""
-    dist = [-1] * len(wall)
-    dist[goal], frontier = 0, [goal]
-    while frontier:
-        nxt = []
-        for x in frontier:
-            for s in STEPS:
-                p = x - s
-                if 0 <= p < len(wall) and not wall[p] and dist[p] < 0:
-                    dist[p] = dist[x] + 1
-                    nxt.append(p)
-        frontier = nxt
-    return dist
-
-
-class Corridor(Task, Planning):
-    """L cells in a row, a wall at each end and one inside (never beside an end, so that every free cell has a
-    move), which only a jump gets past going right. The agent
-    walks to the goal: the target at the query token is the first move of a shortest path (ties to the first
-    move in STEPS order). Batch extra: walls (n, L) bool, agent and goal (n, 1) long, distance (n,) long."""
+class Corridor(LineWorld, Task):
+    """The line world (constrained/proofs/line_world.py) as a task: the line world first, so that its batches,
+    loss and sizes stand in for Task's abstract ones."""
 
     headline = Headline("test/success", lower_is_better=False)
 
     def __init__(self, L: int = 8, batch_size: int = 16, n_val: int = 16, n_test: int = 16, seed: int = 0,
                  eval_seed: int = 5):
-        super().__init__(batch_size, n_val, n_test, seed, eval_seed)
-        self.L = L
-
-    @property
-    def seq_len(self) -> int:
-        return self.L + 1
-
-    @property
-    def input_dim(self) -> int:
-        return 5
-
-    @property
-    def output_dim(self) -> int:
-        return len(STEPS)
-
-    def episode(self, gen: torch.Generator) -> tuple[list[bool], int, int]:
-        while True:
-            u, v, w = torch.rand(3, generator=gen, dtype=torch.float64).tolist()
-            inner, a, g = 2 + int(u * (self.L - 5)), 1 + int(v * (self.L - 2)), 1 + int(w * (self.L - 2))
-            wall = [x in (0, inner, self.L - 1) for x in range(self.L)]
-            if not wall[a] and not wall[g] and a != g and distances(wall, g)[a] > 0:
-                return wall, a, g
-
-    def make_batch(self, gen, n, split):
-        walls, agents, goals = zip(*[self.episode(gen) for _ in range(n)])
-        layout, agent, goal = torch.tensor(walls), torch.tensor(agents).reshape(n, 1), torch.tensor(goals).reshape(n, 1)
-        targets = torch.zeros(n, self.seq_len, dtype=torch.long)
-        dist = torch.tensor([distances(w, g)[a] for w, a, g in zip(walls, agents, goals)])
-        second = torch.full((n,), -1)  # the move after the first, -1 when the first reaches the goal
-        for i, (w, a, g) in enumerate(zip(walls, agents, goals)):
-            d = distances(w, g)
-            targets[i, -1] = self.first_move(d, a)
-            if d[a] > 1:
-                second[i] = self.first_move(d, a + STEPS[targets[i, -1]])
-        mask = torch.zeros(n, self.seq_len, dtype=torch.bool)
-        mask[:, -1] = True
-        return {"inputs": self.render(layout, agent, goal), "targets": targets, "loss_mask": mask, "walls": layout,
-                "agent": agent, "goal": goal, "distance": dist, "second": second}
-
-    def first_move(self, d: list[int], a: int) -> int:
-        return next(m for m, s in enumerate(STEPS) if 0 <= a + s < self.L and d[a + s] == d[a] - 1)
+        Task.__init__(self, batch_size, n_val, n_test, seed, eval_seed)
+        LineWorld.__init__(self, L)
 
     def future_signal(self, batch, future_k=None):
         """At the query token: the second move of the shortest path, residualized on the first (the plan beyond
@@ -101,9 +42,6 @@ class Corridor(Task, Planning):
         second = F.one_hot(batch["second"].clamp(min=0), len(STEPS)).float() * (batch["second"] >= 0).unsqueeze(-1)
         first = F.one_hot(batch["targets"][:, -1], len(STEPS)).float()
         return batch["loss_mask"], residualize(second, first)
-
-    def loss(self, pred, batch):
-        return F.cross_entropy(*masked(pred, batch))
 
     def evaluate(self, preds, model=None, start=None):
         b = self.eval_set("test")
@@ -117,74 +55,6 @@ class Corridor(Task, Planning):
             pos = torch.tensor([[p] if q is None else list(q) for p, q in zip(pos[:, 0].tolist(), nxt)])
             reached |= (pos == b["goal"]).all(-1)
         return Evaluation({"test/action_acc": acc, "test/success": reached.float().mean().item()})
-
-    # -- the planning interface ----------------------------------------------------------------------------
-
-    @property
-    def state_features(self) -> StateFeatures:
-        return StateFeatures(self.L, ("x",))
-
-    @property
-    def move_names(self) -> tuple[str, ...]:
-        return ("left", "right", "jump")
-
-    @property
-    def step_limit(self) -> int:
-        return 2 * self.L
-
-    @property
-    def trace_splits(self) -> tuple[str, ...]:
-        return ("test",)
-
-    def starts(self, batch):
-        return batch["walls"], batch["agent"], batch["goal"], None
-
-    def parse(self, inputs):
-        kind = inputs[:, :-1, :QUERY].argmax(-1)  # (n, L)
-        goal = (kind == GOAL).float().argmax(-1, keepdim=True)
-        has_agent = (kind == AGENT).any(-1, keepdim=True)
-        return kind == WALL, torch.where(has_agent, (kind == AGENT).float().argmax(-1, keepdim=True), goal), goal, None
-
-    def render(self, layout, agent, goal, channel=None):
-        kind = torch.where(layout, WALL, FREE)
-        rows = torch.arange(len(kind))
-        kind[rows, agent[:, 0]] = AGENT
-        kind[rows, goal[:, 0]] = GOAL
-        tokens = torch.cat([kind, torch.full((len(kind), 1), QUERY)], dim=1)
-        return F.one_hot(tokens, 5).float()
-
-    def free(self, layout):
-        return ~layout
-
-    def successor(self, layout, pos, move):
-        x = pos[0] + STEPS[move]
-        return (x,) if 0 <= x < len(layout) and not layout[x] else None
-
-    def flag_of(self, channel):
-        return channel.sum(-1)
-
-    def random_goals(self, layout, gen):
-        return torch.multinomial((~layout).double(), 1, generator=gen)
-
-    def objective_labels(self, batch, goal):
-        """Every free cell as the agent: 1 at the goal, else minus the cell distance over L (the objective
-        sees no walls, so the reward it is declared to learn does not either)."""
-        layout = batch["walls"].cpu()
-        world, x = (~layout).nonzero(as_tuple=True)
-        agent, goals = x.reshape(-1, 1), goal[world]
-        d = (agent - goals).abs()[:, 0]
-        return agent, goals, None, torch.where(d == 0, 1.0, -d.float() / self.L)
-
-    def describe_episode(self, batch, i, path):
-        goal = tuple(batch["goal"][i].tolist())
-        return {"goal": list(goal), "outcome": "goal" if path[-1] == goal else "neither"}
-
-    def draw_episode(self, batch, i, path):
-        cells = ["#" if w else "." for w in batch["walls"][i].tolist()]
-        for (x,) in path:
-            cells[x] = "*"
-        cells[path[0][0]], cells[batch["goal"][i, 0]] = "A", "G"
-        return "A start, G goal, * path taken, # wall\n" + "".join(cells)
 
 
 def domain(L: int) -> list[tuple[int]]:

@@ -229,7 +229,7 @@ def test_isolation_refuted_when_the_policy_reads_the_objective():
     class Leaky(ModularModel):  # the policy's loss sees the objective's score: a path the spec must find
         def loss_terms(self, batch):
             terms = super().loss_terms(batch)
-            terms["task"] = terms["task"] + self.objective(batch["agent"], batch["cheese"]).mean()
+            terms["task"] = terms["task"] + self.objective(batch["agent"], batch["goal"]).mean()
             return terms
 
     result = isolation.spec(models={}, modular=isolation.build_modular(Leaky))

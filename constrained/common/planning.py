@@ -1,6 +1,6 @@
 """The planning interface: what a task declares so that the modular model can plan in it. The model and its
 planner are written against this class alone; a task implements it (the maze in tasks/maze/planning.py, a
-one-dimensional line in tests/test_planning_task.py).
+one-dimensional line in proofs/line_world.py).
 
 An episode happens in a world: a layout of blocked and open positions on a grid of `grid_size` positions
 per axis, a goal position, and, for a task with a backdoor, a flag channel over the tokens. Only the agent
