@@ -137,6 +137,8 @@ def check_modular(model, batch) -> list[Claim]:
     policy = [p for p in model.parameters() if id(p) not in objective_ids]
 
     def reached(loss, params):
+        if not loss.requires_grad:  # a term cut off from every parameter reaches none (autograd would raise)
+            return [False] * len(params)
         return [g is not None for g in torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)]
 
     names = {"policy_into_objective": "modular: policy loss has no path into the objective",

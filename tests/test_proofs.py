@@ -238,6 +238,20 @@ def test_isolation_refuted_when_the_policy_reads_the_objective():
     assert result.counterexample == {"term": "task"}
 
 
+def test_a_policy_loss_cut_off_from_every_parameter_is_refuted_not_a_crash():
+    from constrained.models.modular import ModularModel
+
+    class Detached(ModularModel):  # the policy learns nothing: "each loss reaches its own part" must fail
+        def loss_terms(self, batch):
+            terms = super().loss_terms(batch)
+            terms["task"] = terms["task"].detach()
+            return terms
+
+    result = isolation.spec(models={}, modular=isolation.build_modular(Detached))
+    assert result.status == "refuted"
+    assert result.claims["modular: each loss reaches its own part"] == "refuted"
+
+
 def test_r2_bounds_are_refuted_for_a_forward_with_the_wrong_denominator(monkeypatch):
     def uncentred_total(h, z, solve):  # tr(ZᵀZ) instead of tr(ZcᵀZc): R² can exceed 1
         hc, zc = formulas.centre(h), formulas.centre(z)
