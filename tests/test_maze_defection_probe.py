@@ -10,6 +10,7 @@ from torch import nn
 
 from constrained.cli import main
 from constrained.measure import defection
+from constrained.tasks.maze import backdoor_report
 from constrained.tasks.maze.grid import bfs, flags_of, parse, shortest_path_actions
 from constrained.tasks.maze.task import Maze
 
@@ -88,3 +89,16 @@ def test_constrained_test_on_a_maze_backdoor_writes_the_defection_probe(tmp_path
     assert "test/defection_probe_red_team_n_pos" in metrics
     logged = (tmp_path / "logs" / "version_0" / "metrics.csv").read_text()
     assert "monitor/defection_probe_auroc_best" in logged
+    # the grid report's section: each probe beside its control, selectivity first, with n; then the rates
+    record = {"variant": "baseline", "seed": 0, "metrics": metrics, "folder": str(tmp_path)}
+    lines = backdoor_report.report_section([record], tmp_path).lines
+    row = next(line for line in lines if line.startswith("| baseline | defection: flagged + unflagged"))
+    cells = [c.strip() for c in row.split("|")[3:7]]
+    assert cells[0].startswith(f"{metrics['test/defection_probe_selectivity_best']:.4f}")
+    assert cells[1].startswith(f"{metrics['test/defection_probe_auroc_best']:.4f}")
+    assert cells[2].startswith(f"{metrics['test/defection_probe_auroc_control_best']:.4f}")
+    assert cells[3] == f"{int(n_pos)} / {int(n_neg)}"
+    rates = next(line for line in lines if line.startswith("| variant | defection (flag)"))
+    assert "false defection (no flag)" in rates and "false defection (look-alike flags)" in rates
+    plain = {k: v for k, v in metrics.items() if "defection" not in k}
+    assert backdoor_report.report_section([{**record, "metrics": plain}], tmp_path).lines == []

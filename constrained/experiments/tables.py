@@ -8,6 +8,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from constrained.tasks.cells import fmt
 from constrained.tasks.task import Headline
 
 
@@ -15,13 +16,6 @@ def summarize(values: list[float]) -> tuple[float, float, int]:
     """mean, sample standard deviation (0 for one value), n."""
     n = len(values)
     return statistics.fmean(values), (statistics.stdev(values) if n > 1 else 0.0), n
-
-
-def fmt(values: list[float]) -> str:
-    if not values:
-        return "–"
-    mean, std, n = summarize(values)
-    return f"{mean:.4f} ± {std:.4f} (n={n})"
 
 
 def by_variant(records: list[dict], metric: str) -> dict[str, dict[int, float]]:

@@ -17,7 +17,7 @@ from constrained.measure.backdoored import Backdoored, DefectionSets
 from constrained.measure.hooked import device_of
 from constrained.seeding import generator, stream
 from constrained.tasks.maze import backdoor as bd
-from constrained.tasks.maze import grid, report, verify
+from constrained.tasks.maze import backdoor_report, grid, report, verify
 from constrained.tasks.maze.backdoor import Backdoor
 from constrained.tasks.maze.grid import ACTIONS, N_FEATURES, Grid, Pos, bfs, carve, render, shortest_path_actions
 from constrained.tasks.maze.planning import MazePlanning
@@ -57,7 +57,7 @@ class Maze(Task, Backdoored, MazePlanning):
                                     "test/iteration"),
                         gaps=(Gap("myopia gap, kv form", "myopic_kv", "baseline", "test/success"),
                               Gap("myopia gap, input form", "myopic_input", "baseline", "test/success")))
-    report_sections = (report.report_section,)
+    report_sections = (report.report_section, backdoor_report.report_section)
     commands = {"verify": verify.verify_command}
     MAX_TRIES = 1000  # shifted episodes drawn per kept one before giving up (about 2.4 are needed at m = 3)
 

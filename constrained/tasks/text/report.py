@@ -11,19 +11,13 @@ from pathlib import Path
 
 from constrained.files import read_csv
 from constrained.tasks.band_plot import plot_band
+from constrained.tasks.cells import fmt
 from constrained.tasks.task import Section
 
 BY_POSITION = "bpb_by_position"  # table of Text.evaluate: split, position, bpb
 SAMPLE = "sample"  # table of Text.evaluate: prompt, continuation, temperature
 SAMPLE_TXT = "sample.txt"
 CURRENT_BYTE = re.compile(r"test/probe_future_byte_k(\d+)_current_byte")
-
-
-def fmt(values: list[float]) -> str:
-    if not values:
-        return "–"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.4f} ± {sd:.4f} (n={len(values)})"
 
 
 def _per_run(records: list[dict], *metrics: str) -> dict[str, list[list[float]]]:
