@@ -44,6 +44,8 @@ def test_compare_flags_only_the_value_outside_the_spread(tmp_path):
     assert "| myopic | 0 | test/loss | 2.1000 ± 0.1000 (n=3) | 2.0000 | 2.9000 | **no** |" in text
     assert "| baseline | 0 | test/loss | 1.1000 ± 0.1000 (n=3) | 1.0000 | 1.0500 | yes |" in text
     assert "not compared): other" in text
+    # every metric: baseline's loss moved within the spread, its reach repeats; myopic's loss is outside
+    assert "| baseline | 2 | 1 | 0 |" in text and "| myopic | 2 | 0 | 1 |" in text
 
 
 def test_compare_command_names_an_empty_source(tmp_path, capsys):

@@ -5,7 +5,9 @@ results and says, per variant and headline metric, whether each new value lies w
 The rule: a new value is within the spread when |new − recorded mean| ≤ 2 · recorded std + tol, where std is the
 sample std over the recorded seeds and tol = 1e-6 · max(1, |mean|) keeps a metric that every seed put at the same
 value (std 0) from flagging rounding. The same seed's recorded value is shown beside it, so a reader also sees
-whether the new code reproduces that run to the digit or only to within the noise.
+whether the new code reproduces that run to the digit or only to within the noise. Below the headline table, one
+row per variant over every metric the runs wrote (probes, rates, per-layer values): how many equal the same seed's
+recorded value to the printed digit and how many lie outside the spread.
 """
 
 from __future__ import annotations
@@ -56,8 +58,34 @@ def compare(recorded: list[Path | str], new: list[Path | str]) -> tuple[list[str
     if not compared:  # "0 values outside" would read as an all-clear
         raise ValueError(f"nothing to compare: the new runs in {', '.join(map(str, new))} share no variant and "
                          f"headline metric with the recorded ones in {', '.join(map(str, recorded))}")
+    lines += ["", *every_metric(old_recs, new_recs)]
     unmatched = sorted({r["variant"] for r in new_recs} - {r["variant"] for r in old_recs})
     if unmatched:
         lines += ["", f"Variants with no recorded runs (not compared): {', '.join(unmatched)}."]
     lines += ["", f"{outside} value(s) outside the recorded spread."]
     return lines, outside
+
+
+def every_metric(old_recs: list[dict], new_recs: list[dict]) -> list[str]:
+    """Per variant, over every metric both the new and the recorded runs have: compared values, those equal to
+    the same seed's recorded value to 4 decimals, those outside the recorded spread."""
+    old = {(r["variant"], r["seed"]): r["metrics"] for r in old_recs if r["status"] == "ok"}
+    rows = []
+    for variant in sorted({r["variant"] for r in new_recs}, key=lambda v: (v != "baseline", v)):
+        compared = same = outside = 0
+        for r in (r for r in new_recs if r["variant"] == variant and r["status"] == "ok"):
+            for metric, value in r["metrics"].items():
+                values = [m[metric] for (v, _), m in old.items() if v == variant and metric in m]
+                if not values or value != value or any(x != x for x in values):  # nan: nothing to judge
+                    continue
+                compared += 1
+                recorded = old.get((variant, r["seed"]), {}).get(metric)
+                same += recorded is not None and f"{recorded:.4f}" == f"{value:.4f}"
+                outside += not within(value, values)
+        if compared:
+            rows.append(f"| {variant} | {compared} | {same} | {outside} |")
+    if not rows:
+        return []
+    return ["Every metric the runs wrote, per variant: equal = the same seed's recorded value to 4 decimals; "
+            "outside = beyond the recorded spread.", "",
+            "| variant | values compared | equal to the same seed | outside the spread |", "|---|---|---|---|", *rows]
