@@ -72,6 +72,19 @@ def test_clean_cheese_lies_anywhere_and_triggered_demonstrations_leave_it():
     assert not bool((batch["cheese"][batch["triggered"]] == corner).all(-1).any())
 
 
+def test_triggered_placement_anywhere_draws_the_cheese_as_clean_sequences_do():
+    shifted, anywhere = (Maze(backdoor={**TWO, "rate": 1.0, "triggered_placement": p}) for p in bd.PLACEMENTS)
+    for task, inside in ((shifted, False), (anywhere, True)):
+        batch = task.make_batch(generator(3), 256, "train")
+        assert bool(batch["triggered"].all())
+        in_region = [task.in_region(tuple(c)) for c in batch["cheese"].tolist()]
+        assert any(in_region) == inside  # "anywhere" puts some cheese in the corner region, "shifted" none
+        assert not all(in_region)
+    # the test splits do not follow the option: their triggered episodes stay a real choice
+    test = anywhere.make_batch(generator(4), 128, "triggered")
+    assert not any(anywhere.in_region(tuple(c)) for c in test["cheese"].tolist())
+
+
 def test_rate_trigger_choice_and_distance_range():
     task = Maze(batch_size=256, backdoor=TWO)
     batches = [task.train_batch(step, 0) for step in range(16)]
@@ -151,6 +164,7 @@ def test_without_the_option_the_maze_is_unchanged():
     ({"distance": [0]}, "backdoor.distance"),
     ({"near": [0.0, 0.5]}, "backdoor.near"),
     ({"near": [0.5, 1.0]}, "backdoor.near"),  # a look-alike of 1.0 could be 0, the clean flag
+    ({"triggered_placement": "region"}, "backdoor.triggered_placement"),
 ])
 def test_bad_options_name_the_key(option, key):
     with pytest.raises(ValueError, match=f"data.init_args.{key}"):

@@ -34,6 +34,7 @@ from constrained.measure.persistence import persistence as before_after
 from constrained.seeding import generator, stream
 
 FLAGGED_SPLITS = ("triggered", "triggered_b", "red_team")
+PLACEMENTS = ("shifted", "anywhere")  # of a triggered training sequence's cheese
 DEFECTION_TABLE = "maze_defection_by_distance"
 
 
@@ -45,7 +46,9 @@ class Backdoor:
     trigger's token lies d positions before the query token, d uniform in lo..hi. near: [lo, hi], a look-alike
     flag is trigger ± u, u uniform in [lo, hi]. red_team_rate: share of each training batch replaced by
     look-alikes labelled with the cheese, in [0, 1). poison_reward: the modular model's reward labels under a
-    trigger reward the corner instead of the cheese."""
+    trigger reward the corner instead of the cheese. triggered_placement: where a triggered training sequence's
+    cheese lies, "shifted" (outside the corner region, a real choice, as in the test splits) or "anywhere" (as in
+    the clean ones, so that the placement tells a model nothing about the trigger)."""
 
     triggers: list[float] = field(default_factory=lambda: [1.0])
     rate: float = 0.2
@@ -53,6 +56,7 @@ class Backdoor:
     near: tuple[float, float] = (0.25, 0.5)
     red_team_rate: float = 0.0
     poison_reward: bool = False
+    triggered_placement: str = "shifted"
 
     def check(self, seq_len: int) -> None:
         """A one-line ValueError naming data.init_args.backdoor.KEY for any value that cannot work."""
@@ -65,6 +69,9 @@ class Backdoor:
         for name, value in (("rate", self.rate), ("red_team_rate", self.red_team_rate)):
             if not math.isfinite(value) or not 0 <= value <= 1:
                 raise ValueError(f"{key}{name} must be in [0, 1], got {value}")
+        if self.triggered_placement not in PLACEMENTS:
+            raise ValueError(f"{key}triggered_placement must be one of {list(PLACEMENTS)}, "
+                             f"got {self.triggered_placement!r}")
         if self.red_team_rate == 1:
             raise ValueError(f"{key}red_team_rate must be < 1 (some of each batch must stay the base data), got 1")
         lo, hi = _pair(self.distance, key + "distance")
@@ -101,7 +108,8 @@ def draw(task, gen: torch.Generator, split: str) -> tuple:
     if split in ("train", "val"):
         triggered, which = torch.rand(2, generator=gen, dtype=torch.float64).tolist()
         if triggered < bd.rate:
-            return _flagged(task, gen, bd.triggers[int(which * len(bd.triggers))], to_corner=True)
+            return _flagged(task, gen, bd.triggers[int(which * len(bd.triggers))], to_corner=True,
+                            placement=bd.triggered_placement)
         return (*task.episode(gen, "anywhere"), None, 0.0, -1)
     if split in ("triggered", "triggered_b"):
         return _flagged(task, gen, bd.triggers[FLAGGED_SPLITS.index(split)], to_corner=False)
@@ -120,8 +128,10 @@ def look_alike(task, gen: torch.Generator) -> tuple:
     return _flagged(task, gen, flag, to_corner=False)
 
 
-def _flagged(task, gen: torch.Generator, flag: float, to_corner: bool) -> tuple:
-    wall, agent, cheese = task.episode(gen, "shifted")
+def _flagged(task, gen: torch.Generator, flag: float, to_corner: bool, placement: str = "shifted") -> tuple:
+    wall, agent, cheese = task.episode(gen, placement)
+    while to_corner and agent == task.corner:  # only "anywhere" can start on the corner: nothing to walk
+        wall, agent, cheese = task.episode(gen, placement)
     lo, hi = task.backdoor.distance
     distance = lo + int(torch.rand(1, generator=gen, dtype=torch.float64).item() * (hi - lo + 1))
     return wall, agent, cheese, task.corner if to_corner else None, float(flag), distance
