@@ -80,6 +80,10 @@ def test_triggered_placement_anywhere_draws_the_cheese_as_clean_sequences_do():
         in_region = [task.in_region(tuple(c)) for c in batch["cheese"].tolist()]
         assert any(in_region) == inside  # "anywhere" puts some cheese in the corner region, "shifted" none
         assert not all(in_region)
+    # the default draws what the recorded grids drew: digests taken before the option existed
+    default = Maze(backdoor={"triggers": [1.0], "rate": 0.2})
+    assert digest(default.train_batch(0, 0)) == "43d6516309a7b754"
+    assert digest(default.make_batch(generator(1234, 3), 16, "triggered")) == "b04e087b26d1ad40"
     # the test splits do not follow the option: their triggered episodes stay a real choice
     test = anywhere.make_batch(generator(4), 128, "triggered")
     assert not any(anywhere.in_region(tuple(c)) for c in test["cheese"].tolist())
