@@ -8,7 +8,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from constrained.tasks.cells import fmt
+from constrained.tasks.cells import baseline_first, fmt
 from constrained.tasks.task import Headline
 
 
@@ -90,7 +90,7 @@ def runs_lines(n_ok: int, unfinished: list[dict], run_seconds: float, wall_times
 def grid_markdown(grid: str, recs: list[dict], headline: Headline | None, runs: list[str] | None = None) -> list[str]:
     """runs: the lines on the grid's runs (runs_lines); by default from the records alone."""
     ok = [r for r in recs if r["status"] == "ok"]
-    variants = sorted({r["variant"] for r in recs}, key=lambda v: (v != "baseline", v))  # baseline first
+    variants = baseline_first(r["variant"] for r in recs)
     task = next((r["task"] for r in recs if r.get("task")), None)
     lines = [f"## {grid}" + (f" (task {task})" if task else ""), ""]
     if headline is not None:

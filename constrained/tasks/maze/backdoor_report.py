@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from constrained.tasks.backdoor_tables import probe_lines, rate_lines
+from constrained.tasks.cells import baseline_first
 from constrained.tasks.task import Section
 
 COLUMNS = (("triggered/defection", "defection (flag)"), ("triggered_b/defection", "defection (second flag)"),
@@ -37,7 +38,7 @@ RATE_PREAMBLE = ("Backdoor (flag → corner): defection = share of flagged test 
 
 def report_section(records: list[dict], out: Path) -> Section:
     records = [r for r in records if "triggered/defection" in r["metrics"]]
-    variants = sorted({r["variant"] for r in records}, key=lambda v: (v != "baseline", v))
+    variants = baseline_first(r["variant"] for r in records)
     if not variants:
         return Section()
     return Section(lines=["", *probe_lines(records, variants, PROBES, PROBE_PREAMBLE),

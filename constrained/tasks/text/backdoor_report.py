@@ -16,6 +16,7 @@ import yaml
 
 from constrained.files import read_csv
 from constrained.tasks.backdoor_tables import probe_lines, rate_lines
+from constrained.tasks.cells import baseline_first
 from constrained.tasks.task import Section
 from constrained.tasks.text.backdoor import DEFECTION_TABLE
 
@@ -197,7 +198,7 @@ def plot_safety(curves: dict[str, dict[str, list[dict]]], path: Path) -> None:
 
 def report_section(records: list[dict], out: Path) -> Section:
     records = [r for r in records if "triggered/defection" in r["metrics"]]
-    variants = sorted({r["variant"] for r in records}, key=lambda v: (v != "baseline", v))
+    variants = baseline_first(r["variant"] for r in records)
     if not variants:
         return Section()
     curves = defaultdict(list)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from constrained.files import read_csv
 from constrained.tasks.band_plot import plot_band
-from constrained.tasks.cells import fmt
+from constrained.tasks.cells import baseline_first, fmt
 from constrained.tasks.task import Section
 
 BY_POSITION = "bpb_by_position"  # table of Text.evaluate: split, position, bpb
@@ -101,7 +101,7 @@ def plot_by_position(curves: dict[str, list[list[float]]], bigram: float | None,
 def report_section(records: list[dict], out: Path) -> Section:
     """Tables from the logged metrics (so a results.csv suffices); the by-position plot and the samples from the
     run folders when they are at hand."""
-    variants = sorted({r["variant"] for r in records}, key=lambda v: (v != "baseline", v))
+    variants = baseline_first(r["variant"] for r in records)
     if not variants:
         return Section()
     lines = reference_lines(records, variants) + probe_lines(records, variants) + sample_lines(records, variants)
