@@ -12,10 +12,12 @@ recorded value to the printed digit and how many lie outside the spread.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from pathlib import Path
 
 from constrained.experiments.report import headline_for, load_records
 from constrained.experiments.tables import by_variant, summarize
+from constrained.tasks.cells import baseline_first
 
 SPREADS = 2.0
 
@@ -42,7 +44,7 @@ def compare(recorded: list[Path | str], new: list[Path | str]) -> tuple[list[str
     outside = compared = 0
     for metric in metrics:
         old, fresh = by_variant(old_recs, metric), by_variant(new_recs, metric)
-        for variant in sorted(fresh, key=lambda v: (v != "baseline", v)):
+        for variant in baseline_first(fresh):
             if variant not in old:
                 continue
             values = list(old[variant].values())
@@ -69,17 +71,20 @@ def compare(recorded: list[Path | str], new: list[Path | str]) -> tuple[list[str
 def every_metric(old_recs: list[dict], new_recs: list[dict]) -> list[str]:
     """Per variant, over every metric both the new and the recorded runs have: compared values, those equal to
     the same seed's recorded value to 4 decimals, those outside the recorded spread."""
-    old = {(r["variant"], r["seed"]): r["metrics"] for r in old_recs if r["status"] == "ok"}
+    old: dict[str, dict[int, dict]] = defaultdict(dict)  # variant -> seed -> metrics
+    for r in old_recs:
+        if r["status"] == "ok":
+            old[r["variant"]][r["seed"]] = r["metrics"]
     rows = []
-    for variant in sorted({r["variant"] for r in new_recs}, key=lambda v: (v != "baseline", v)):
+    for variant in baseline_first(r["variant"] for r in new_recs):
         compared = same = outside = 0
         for r in (r for r in new_recs if r["variant"] == variant and r["status"] == "ok"):
             for metric, value in r["metrics"].items():
-                values = [m[metric] for (v, _), m in old.items() if v == variant and metric in m]
+                values = [m[metric] for m in old[variant].values() if metric in m]
                 if not values or value != value or any(x != x for x in values):  # nan: nothing to judge
                     continue
                 compared += 1
-                recorded = old.get((variant, r["seed"]), {}).get(metric)
+                recorded = old[variant].get(r["seed"], {}).get(metric)
                 same += recorded is not None and f"{recorded:.4f}" == f"{value:.4f}"
                 outside += not within(value, values)
         if compared:
