@@ -29,7 +29,8 @@ import torch
 from constrained.common import formulas
 from constrained.common.mask import attends
 from constrained.kernels.band import options_mask, query_key
-from constrained.kernels.flash_cpu import FlashCPU, supports
+from constrained.kernels.flash_cpu import FlashCPU, FlashCPUProjected, supports
+from constrained.kernels.projection import ProjectionWithPast
 
 try:
     import triton
@@ -691,6 +692,10 @@ def _validate(q, k, v, horizon, reach_h, is_query) -> None:
         raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
     if q.shape[2] < 1 or q.shape[3] < 1:
         raise ValueError(f"T and Dh must be >= 1, got shape {tuple(q.shape)}")
+    _validate_options(q.shape[2], horizon, reach_h, is_query)
+
+
+def _validate_options(T, horizon, reach_h, is_query) -> None:
     if horizon is not None:
         if isinstance(horizon, bool) or not isinstance(horizon, numbers.Integral):
             raise ValueError(f"horizon must be an int or None, got {horizon!r}")
@@ -702,7 +707,6 @@ def _validate(q, k, v, horizon, reach_h, is_query) -> None:
         if not reach_h >= 0:  # also rejects NaN
             raise ValueError(f"reach_h must be >= 0, got {reach_h}")
     if is_query is not None:
-        T = q.shape[2]
         if not isinstance(is_query, torch.Tensor) or tuple(is_query.shape) != (T,) or is_query.is_floating_point():
             shape = tuple(is_query.shape) if isinstance(is_query, torch.Tensor) else type(is_query).__name__
             raise ValueError(f"is_query must be a bool tensor of shape (T,) = ({T},), got {shape}")
@@ -802,3 +806,31 @@ def attention(q, k, v, horizon=None, myopic=False, reach_h=None, is_query=None, 
     out, r = FusedAttention.apply(q, k, v, None if horizon is None else int(horizon), bool(myopic),
                                   None if reach_h is None else float(reach_h), is_query, *(past or ()))
     return out, (None if r is None else r.mean())
+
+
+def attention_input_form(x, weight, bias, n_heads, horizon=None, reach_h=None, is_query=None, backend="auto",
+                         pattern_hook=None):
+    """Myopic descent's input form from the attention input x (B, T, D): the qkv projection (weight, bias), then
+    `attention` with myopic, whose past keys and values are the projections of x as a constant (their gradient
+    reaches weight and bias, not x) -> (out, reach). Where `attention` would take torch's fused CPU path, one
+    Function does both (`FlashCPUProjected`, the same numbers with fewer copies); elsewhere `ProjectionWithPast`
+    gives `attention` the past keys and values."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] % n_heads:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be a (B, T, D) tensor with D divisible by n_heads = {n_heads}, got {shape}")
+    B, T, D = x.shape
+    if (pattern_hook is None and x.device.type == "cpu" and x.is_floating_point()
+            and resolve_backend(backend, x.device, D // n_heads, True, reach_h, x.dtype) == "sdpa"):
+        _validate_options(T, horizon, reach_h, is_query)
+        if not supports(x.dtype, reach_h):
+            raise ValueError(f"backend='sdpa' computes reach in fp32 or fp64 only (got {x.dtype}); "
+                             "use backend='auto'")
+        out, r = FlashCPUProjected.apply(x, weight, bias, n_heads, None if horizon is None else int(horizon),
+                                         query_key(is_query), None if reach_h is None else float(reach_h))
+        return out, (None if r is None else r.mean())
+    qkv, kv = ProjectionWithPast.apply(x, weight, bias, D)
+    q, k, v = qkv.view(B, T, 3, n_heads, D // n_heads).permute(2, 0, 3, 1, 4)  # each (B, H, T, Dh)
+    k_past, v_past = kv.view(B, T, 2, n_heads, D // n_heads).permute(2, 0, 3, 1, 4)
+    return attention(q, k, v, horizon=horizon, myopic=True, reach_h=reach_h, is_query=is_query, backend=backend,
+                     pattern_hook=pattern_hook, past=(k_past, v_past))
+

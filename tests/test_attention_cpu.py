@@ -146,3 +146,56 @@ def test_myopic_model_gradients_equal_those_of_the_reference_path(options):
     reference = grads([(f"blocks.{i}.attn.hook_pattern", lambda p, name: None) for i in range(len(model.blocks))])
     for name in fused:
         torch.testing.assert_close(fused[name], reference[name], atol=1e-12, rtol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("options", [{}, {"horizon": 3}, {"horizon": 16}, {"is_query": True}, {"reach_h": 2.5},
+                                     {"reach_h": 1.0, "horizon": 16}])
+def test_input_form_in_one_function_is_bit_for_bit_the_two_output_projection(monkeypatch, options):
+    """`attention_input_form` on the CPU runs `FlashCPUProjected`; its output, reach and every gradient (input,
+    weight, bias) equal, bit for bit in fp32, those of `ProjectionWithPast` feeding `attention` its past keys and
+    values (the path it replaces, still taken elsewhere). T = 70 puts horizon 16 on the blocked layout."""
+    torch.manual_seed(0)
+    B, T, D, H = 2, 70, 24, 3
+    if options.pop("is_query", False):
+        options["is_query"] = torch.arange(T) % 3 == 1
+    x0 = torch.randn(B, T, D)
+    weight0, bias0 = torch.randn(3 * D, D) / D ** 0.5, torch.randn(3 * D) * 0.1
+    applied = []
+    fused_apply = K.FlashCPUProjected.apply
+    monkeypatch.setattr(K.FlashCPUProjected, "apply", lambda *a: applied.append(a) or fused_apply(*a))
+
+    def run(two_outputs: bool):
+        x, weight, bias = (t.clone().requires_grad_() for t in (x0, weight0, bias0))
+        if two_outputs:
+            qkv, kv = K.ProjectionWithPast.apply(x, weight, bias, D)
+            q, k, v = qkv.view(B, T, 3, H, D // H).permute(2, 0, 3, 1, 4)
+            past = tuple(kv.view(B, T, 2, H, D // H).permute(2, 0, 3, 1, 4))
+            out, reach = attention(q, k, v, myopic=True, past=past, **options)
+        else:
+            out, reach = K.attention_input_form(x, weight, bias, H, **options)
+        loss = (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum() + (0 if reach is None else 3 * reach)
+        return [out, reach, *torch.autograd.grad(loss, (x, weight, bias))]
+
+    one, two = run(False), run(True)
+    assert len(applied) == 1
+    for name, a, b in zip(("out", "reach", "dx", "dweight", "dbias"), one, two):
+        assert (a is None) == (b is None) == (name == "reach" and "reach_h" not in options), name
+        assert a is None or torch.equal(a, b), name
+    # and the myopic cut is there: the input's gradient is not the full attention's
+    x, weight, bias = (t.clone().requires_grad_() for t in (x0, weight0, bias0))
+    q, k, v = torch.nn.functional.linear(x, weight, bias).view(B, T, 3, H, D // H).permute(2, 0, 3, 1, 4)
+    out, reach = attention(q, k, v, **options)
+    loss = (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum() + (0 if reach is None else 3 * reach)
+    (dx_full,) = torch.autograd.grad(loss, x)
+    assert not torch.allclose(one[2], dx_full, atol=1e-4)
+
+
+def test_input_form_takes_the_two_output_path_where_the_pattern_is_read():
+    x, weight, bias = torch.randn(1, 8, 6), torch.randn(18, 6), torch.randn(18)
+    seen = []
+    K.attention_input_form(x, weight, bias, 2, pattern_hook=lambda p: seen.append(p.shape) or p)
+    assert seen == [torch.Size([1, 2, 8, 8])]
+    with pytest.raises(ValueError, match="divisible by n_heads"):
+        K.attention_input_form(x, weight, bias, 4)
+    with pytest.raises(ValueError, match="horizon must be >= 1"):
+        K.attention_input_form(x, weight, bias, 2, horizon=0)

@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from constrained.kernels.attention import attention
+from constrained.kernels.attention import attention, attention_input_form
 from constrained.models.hooks import HookPoint
-from constrained.models.myopic import ProjectionWithPast, myopic_form
+from constrained.models.myopic import myopic_form
 
 
 class Attention(nn.Module):
@@ -36,18 +36,15 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, reach_h: float | None = None) -> torch.Tensor:
         B, T, D = x.shape
-        past = None
-        if self.myopic == "input":  # past keys and values: the projections of the input as a constant
-            qkv, kv = ProjectionWithPast.apply(x, self.W_qkv.weight, self.W_qkv.bias, D)
-            k_past, v_past = kv.view(B, T, 2, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)
-            past = (k_past, v_past)
-        else:
-            qkv = self.W_qkv(x)
-        q, k, v = qkv.view(B, T, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)  # each (B, H, T, Dh)
         is_query = None if self.is_query is None else self.is_query[:T]
         hook = self.hook_pattern if self.hook_pattern.active else None
-        out, reach = attention(q, k, v, horizon=self.horizon, myopic=self.myopic is not None, reach_h=reach_h,
-                               is_query=is_query, pattern_hook=hook, past=past)
+        if self.myopic == "input":  # past keys and values: the projections of the input as a constant
+            out, reach = attention_input_form(x, self.W_qkv.weight, self.W_qkv.bias, self.n_heads, self.horizon,
+                                              reach_h, is_query, pattern_hook=hook)
+        else:
+            q, k, v = self.W_qkv(x).view(B, T, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)  # (B, H, T, Dh)
+            out, reach = attention(q, k, v, horizon=self.horizon, myopic=self.myopic is not None, reach_h=reach_h,
+                                   is_query=is_query, pattern_hook=hook)
         if reach is not None:
             self.hook_reach(reach)
         return self.W_o(out.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
