@@ -1,7 +1,7 @@
 """Training-step cost as the context grows: the core with each constraint against a plain PyTorch loop of the same
 model, at a fixed number of tokens per step (the table in docs/speed.md).
 
-    python bench/context_length.py [--lengths 128 512 1024] [--tokens 8192] [--steps 6] [--rounds 2]
+    python bench/context_length.py [--lengths 128 512 1024] [--tokens 8192] [--steps 6] [--rounds 2] [--label L]
 
 The core (constrained.models.transformer.Transformer: d_model 128, 4 layers, 4 heads, vocab 256; the text task's
 core) as baseline, with myopic descent in both forms, with horizon 32, and with the reach penalty at soft horizon
@@ -27,6 +27,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import append, device_name, row  # noqa: E402
 
+import constrained  # noqa: E402  (which code is timed: PYTHONPATH may point at another checkout)
 from constrained.models.config import TransformerConfig  # noqa: E402
 from constrained.models.transformer import Transformer  # noqa: E402
 
@@ -117,6 +118,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--label", default="", help="appended to the mode column, e.g. the commit of the code timed "
+                   "(PYTHONPATH=<a worktree at that commit> to time an older version with this benchmark)")
     a = p.parse_args(argv)
     if a.steps < a.rounds or a.rounds < 1 or "baseline" not in a.variants:
         p.error("need steps >= rounds >= 1 and baseline among the variants")
@@ -142,14 +145,16 @@ def main(argv=None) -> int:
         cells = []
         for v in a.variants:
             times = quantiles(ms[v])
-            rows.append(row("context_length", v, "fwd+bwd+step", shape, times, device, times[0] / base, "x baseline"))
+            mode = "fwd+bwd+step" + (f" ({a.label})" if a.label else "")
+            rows.append(row("context_length", v, mode, shape, times, device, times[0] / base, "x baseline"))
             cells.append(f"{times[0]:.0f} ms" if v in ("baseline", "plain") else f"{times[0] / base:.2f}x")
             print(f"T={T:5d} {v:>13}: {times[0]:8.1f} ms ({times[1]:.1f}-{times[2]:.1f})  {times[0] / base:.3f}x")
         if "plain" in ms:
             cells.append(f"{base / statistics.median(ms['plain']):.2f}x")
         table.append(f"| {T} ({batch}) | " + " | ".join(cells) + " |")
     path = append("context_length", rows)
-    print(f"appended {len(rows)} rows to {path} (device: {device_name(device)})\n")
+    print(f"appended {len(rows)} rows to {path} (device: {device_name(device)}; constrained from "
+          f"{Path(constrained.__file__).parent})\n")
     head = [v if v in ("baseline", "plain") else f"{v} / baseline" for v in a.variants]
     head += ["baseline / plain"] if "plain" in a.variants else []
     print("| T (batch) | " + " | ".join(head) + " |")
