@@ -30,7 +30,7 @@ from constrained.common import formulas
 from constrained.common.mask import attends
 from constrained.kernels.band import options_mask, query_key
 from constrained.kernels.flash_cpu import FlashCPU, FlashCPUProjected, supports
-from constrained.kernels.projection import ProjectionWithPast
+from constrained.kernels.projection import ProjectionWithPast, split_heads
 
 try:
     import triton
@@ -829,8 +829,7 @@ def attention_input_form(x, weight, bias, n_heads, horizon=None, reach_h=None, i
                                          query_key(is_query), None if reach_h is None else float(reach_h))
         return out, (None if r is None else r.mean())
     qkv, kv = ProjectionWithPast.apply(x, weight, bias, D)
-    q, k, v = qkv.view(B, T, 3, n_heads, D // n_heads).permute(2, 0, 3, 1, 4)  # each (B, H, T, Dh)
-    k_past, v_past = kv.view(B, T, 2, n_heads, D // n_heads).permute(2, 0, 3, 1, 4)
+    q, k, v = split_heads(qkv, n_heads, D // n_heads)  # each (B, H, T, Dh)
+    k_past, v_past = split_heads(kv, n_heads, D // n_heads)
     return attention(q, k, v, horizon=horizon, myopic=True, reach_h=reach_h, is_query=is_query, backend=backend,
                      pattern_hook=pattern_hook, past=(k_past, v_past))
-

@@ -36,6 +36,7 @@ import math
 import torch
 
 from constrained.kernels.band import Band, Dense, band_size
+from constrained.kernels.projection import split_heads
 from constrained.kernels.reach_band import ReachBand
 
 _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
@@ -175,7 +176,7 @@ class FlashCPUProjected(torch.autograd.Function):
     def forward(ctx, x, weight, bias, n_heads, horizon=None, is_query=None, reach_h=None):
         B, T, D = x.shape
         qkv = torch.nn.functional.linear(x, weight, bias)
-        q, k, v = qkv.view(B, T, 3, n_heads, D // n_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = split_heads(qkv, n_heads, D // n_heads)
         out, r, saved, ctx.options = flash_forward(q, k, v, horizon, is_query, True, reach_h, True)
         ctx.save_for_backward(x, weight, *saved)
         ctx.has_bias = bias is not None

@@ -9,6 +9,12 @@ import torch
 import torch.nn.functional as F
 
 
+def split_heads(y: torch.Tensor, n_heads: int, d_head: int) -> torch.Tensor:
+    """A projection's output (B, T, parts · n_heads · d_head) as (parts, B, H, T, Dh) views (q, k, v unpack it)."""
+    B, T = y.shape[:2]
+    return y.view(B, T, -1, n_heads, d_head).permute(2, 0, 3, 1, 4)
+
+
 class ProjectionWithPast(torch.autograd.Function):
     """apply(x, weight, bias, start) -> (y, y_past): y = x Wᵀ + b, and y_past = y[..., start:] as a second output
     whose gradient reaches weight and bias but not x: the projection of a detached input, computed once. The input

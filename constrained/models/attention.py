@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from constrained.kernels.attention import attention, attention_input_form
+from constrained.kernels.projection import split_heads
 from constrained.models.hooks import HookPoint
 from constrained.models.myopic import myopic_form
 
@@ -42,7 +43,7 @@ class Attention(nn.Module):
             out, reach = attention_input_form(x, self.W_qkv.weight, self.W_qkv.bias, self.n_heads, self.horizon,
                                               reach_h, is_query, pattern_hook=hook)
         else:
-            q, k, v = self.W_qkv(x).view(B, T, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)  # (B, H, T, Dh)
+            q, k, v = split_heads(self.W_qkv(x), self.n_heads, self.d_head)  # each (B, H, T, Dh)
             out, reach = attention(q, k, v, horizon=self.horizon, myopic=self.myopic is not None, reach_h=reach_h,
                                    is_query=is_query, pattern_hook=hook)
         if reach is not None:
